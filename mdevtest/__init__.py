@@ -1,0 +1,1 @@
+"""mdevtest: live-migration testing of VFIO mediated devices."""

@@ -1,0 +1,135 @@
+"""The one exception tree of mdevtest.
+
+Every error the framework raises on purpose derives from :class:`MdevtestError`, so a caller (the
+CLI, the pytest plugin) can tell "the lab or the input is wrong" from "mdevtest has a bug"::
+
+    MdevtestError
+     +-- InventoryError            bad inventory file: file, field path, value, what is allowed
+     +-- LabError                  the embedded local lab cannot be brought up / down
+     +-- RemoteError               anything that happens over SSH (carries the host)
+     |    +-- ConnectFailed        cannot reach or authenticate to a host
+     |    +-- CommandFailed        a command exited non-zero (host, command, rc, stderr tail)
+     |    +-- CommandTimedOut      a command did not finish within its timeout
+     +-- QmpError                  a QMP command failed or timed out (command, arguments, reply)
+     +-- MachineError              a remote QEMU could not be started or stopped
+     +-- MdevError                 mdev lifecycle (host, parent, type, value)
+     +-- GuestError                the guest did not boot or its console says something is wrong
+     +-- MigrationError            the migration flow
+     |    +-- MigrationFailed      QEMU reported ``failed`` (with ``error-desc``)
+     |    +-- MigrationTimedOut    not completed within its deadline; it was cancelled
+     |    +-- MigrationBlocked     ``blocked-reasons`` is not empty
+     +-- StateError                an object was asked for something its state does not allow
+     +-- CheckFailed               a verification check found a product problem
+
+Messages say what failed, where, and what to do. Exceptions keep their cause (``raise ... from``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class MdevtestError(Exception):
+    """Root of every error mdevtest raises on purpose."""
+
+
+class InventoryError(MdevtestError):
+    """The inventory file is missing, unreadable or invalid.
+
+    ``problems`` holds one line per bad field, each naming the field path, the bad value and what is
+    allowed; ``str()`` gives the file name followed by those lines.
+    """
+
+    def __init__(self, path: str, problems: Sequence[str]) -> None:
+        self.path = path
+        self.problems = tuple(problems)
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        lines = [f"invalid inventory {self.path}:"]
+        lines.extend(f"  {p}" for p in self.problems)
+        return "\n".join(lines)
+
+
+class LabError(MdevtestError):
+    """The embedded local lab could not be brought up, inspected or taken down."""
+
+
+class RemoteError(MdevtestError):
+    """Something went wrong talking to a host over SSH."""
+
+    def __init__(self, host: str, message: str) -> None:
+        self.host = host
+        super().__init__(f"{host}: {message}")
+
+
+class ConnectFailed(RemoteError):
+    """The host could not be reached or refused our credentials or host key."""
+
+
+class CommandFailed(RemoteError):
+    """A remote command exited with a non-zero status."""
+
+    def __init__(self, host: str, command: str, rc: int, stderr: str) -> None:
+        self.command = command
+        self.rc = rc
+        self.stderr = stderr
+        tail = "\n".join(stderr.strip().splitlines()[-8:])
+        message = f"command failed (rc={rc}): {command}"
+        if tail:
+            message += f"\n  stderr: {tail}"
+        super().__init__(host, message)
+
+
+class CommandTimedOut(RemoteError):
+    """A remote command did not finish within its timeout; it was abandoned."""
+
+    def __init__(self, host: str, command: str, timeout: float) -> None:
+        self.command = command
+        self.timeout = timeout
+        super().__init__(host, f"command timed out after {timeout:g} s: {command}")
+
+
+class QmpError(MdevtestError):
+    """A QMP command failed, timed out, or the monitor went away."""
+
+    def __init__(self, machine: str, command: str, message: str) -> None:
+        self.machine = machine
+        self.command = command
+        super().__init__(f"{machine}: QMP {command}: {message}")
+
+
+class MachineError(MdevtestError):
+    """A remote QEMU process could not be started, reached or stopped."""
+
+
+class MdevError(MdevtestError):
+    """A mediated device could not be discovered, created or removed."""
+
+
+class GuestError(MdevtestError):
+    """The guest did not boot, or its console shows it is not healthy."""
+
+
+class MigrationError(MdevtestError):
+    """The migration flow failed before, during or after the migration itself."""
+
+
+class MigrationFailed(MigrationError):
+    """QEMU reported the migration as failed."""
+
+
+class MigrationTimedOut(MigrationError):
+    """The migration did not complete within its deadline and was cancelled."""
+
+
+class MigrationBlocked(MigrationError):
+    """QEMU reports ``blocked-reasons``: the migration cannot start."""
+
+
+class StateError(MdevtestError):
+    """An object was asked for something its current state does not allow."""
+
+
+class CheckFailed(MdevtestError):
+    """A verification check found a product problem (not an infrastructure one)."""
