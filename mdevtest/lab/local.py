@@ -1,0 +1,477 @@
+"""The embedded local lab: lab hosts as network namespaces on one Linux machine.
+
+Topology (all names derive from the inventory, which stays the single source of truth)::
+
+    controller (root namespace, runs pytest)
+      |  198.18.0.1/24 on bridge mdt-mgmt ........... management network (SSH, QMP, consoles)
+      +-- mdtm0 <-veth-> mgmt0  [netns mdt-host-a]  198.18.0.11  sshd
+      +-- mdtm1 <-veth-> mgmt0  [netns mdt-host-b]  198.18.0.12  sshd
+    bridge mdt-mig (no controller address) ........... migration network (hosts only)
+      +-- mdtg0 <-veth-> mig0   [netns mdt-host-a]  198.18.1.11
+      +-- mdtg1 <-veth-> mig0   [netns mdt-host-b]  198.18.1.12
+
+The controller is the root namespace itself: it only needs the management bridge's address to reach the
+hosts, so no process has to be started inside a namespace of its own. Each host runs a real OpenSSH
+``sshd`` inside its namespace, with its own host key; the lab writes the client key, the
+``authorized_keys`` and the ``known_hosts`` the inventory names. The namespaces share one filesystem, so
+each host keeps its files under its own state dir (``<state>/hosts/<name>/``).
+
+Guarantees: :meth:`LocalLab.up` is idempotent and repairs a half-made lab; :meth:`LocalLab.down` removes
+every process (by pid, checked against its command line), namespace, link and file the lab made, even
+after a crash of the run that made them; both hold a lock so two runs cannot race.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mdevtest.errors import LabError
+from mdevtest.inventory import Inventory
+from mdevtest.lab.packages import ensure_packages
+
+Progress = Callable[[str], None]
+
+MGMT_BRIDGE = "mdt-mgmt"
+MIG_BRIDGE = "mdt-mig"
+NETNS_PREFIX = "mdt-"
+LINK_PREFIX = "mdt"
+LOCK_PATH = Path("/run/lock/mdevtest-local-lab.lock")
+SSHD = "/usr/sbin/sshd"
+_PREFIXLEN = 24
+
+
+def _quiet(_msg: str) -> None:
+    """Default progress sink."""
+
+
+def sh(argv: Sequence[str], *, timeout: float = 60.0, check: bool = True) -> str:
+    """Run a local command; return stdout. Failures raise :class:`LabError` with stderr."""
+    try:
+        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{' '.join(argv)} did not finish within {timeout:g} s") from exc
+    except FileNotFoundError as exc:
+        raise LabError(f"{argv[0]} is not installed; run `mdevtest lab up` as root") from exc
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed (rc={proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class LabHost:
+    """One lab host as the lab builds it (derived from the inventory)."""
+
+    name: str
+    index: int
+    mgmt_address: str
+    mig_address: str | None
+    state_dir: Path
+
+    @property
+    def netns(self) -> str:
+        return f"{NETNS_PREFIX}{self.name}"
+
+    @property
+    def mgmt_link(self) -> str:
+        return f"{LINK_PREFIX}m{self.index}"
+
+    @property
+    def mig_link(self) -> str:
+        return f"{LINK_PREFIX}g{self.index}"
+
+    @property
+    def sshd_config(self) -> Path:
+        return self.state_dir / "sshd_config"
+
+    @property
+    def sshd_pidfile(self) -> Path:
+        return self.state_dir / "sshd.pid"
+
+    @property
+    def host_key(self) -> Path:
+        return self.state_dir / "ssh_host_ed25519_key"
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    name: str
+    netns: bool
+    sshd_pid: int | None
+    ssh_port_open: bool
+    processes: int
+
+    @property
+    def up(self) -> bool:
+        return self.netns and self.sshd_pid is not None and self.ssh_port_open
+
+
+@dataclass(frozen=True)
+class LabStatus:
+    hosts: tuple[HostStatus, ...]
+    bridges: tuple[str, ...]
+    state_dir_exists: bool
+
+    @property
+    def up(self) -> bool:
+        return bool(self.hosts) and all(h.up for h in self.hosts) and len(self.bridges) == 2
+
+    @property
+    def anything(self) -> bool:
+        """Whether any piece of the lab exists (so ``down`` has work to do)."""
+        return self.state_dir_exists or bool(self.bridges) or any(h.netns for h in self.hosts)
+
+    def render(self) -> str:
+        lines = [f"local lab: {'up' if self.up else 'down' if not self.anything else 'partial'}"]
+        lines.append(f"  bridges: {', '.join(self.bridges) or '-'}")
+        for h in self.hosts:
+            lines.append(
+                f"  {h.name}: netns={'yes' if h.netns else 'no'} "
+                f"sshd={h.sshd_pid or '-'} ssh-port={'open' if h.ssh_port_open else 'closed'} "
+                f"processes={h.processes}"
+            )
+        return "\n".join(lines)
+
+
+class LocalLab:
+    """Bring the embedded local lab described by ``inventory`` up, inspect it, take it down."""
+
+    def __init__(self, inventory: Inventory) -> None:
+        if inventory.local_lab is None:
+            raise LabError(
+                f"{inventory.source_path}: this inventory has no local_lab section; "
+                "`mdevtest lab` only manages the embedded local lab (inventory/local-lab.yaml)"
+            )
+        self.inventory = inventory
+        self.state_dir = Path(inventory.local_lab.state_dir)
+        first = inventory.hosts[0].ssh
+        self.key_file = Path(first.key_file)
+        if first.known_hosts is None:
+            raise LabError("the local lab inventory must name ssh.known_hosts for its hosts")
+        self.known_hosts = Path(first.known_hosts)
+        self.hosts = tuple(self._lab_hosts())
+
+    def _lab_hosts(self) -> Iterator[LabHost]:
+        mig: dict[str, str] = {}
+        for pair in self.inventory.pairs:
+            mig.setdefault(pair.destination, pair.migration_address)
+        for index, host in enumerate(self.inventory.hosts):
+            for addr in (host.address, mig.get(host.name)):
+                if addr is not None:
+                    try:
+                        ipaddress.IPv4Address(addr)
+                    except ValueError as exc:
+                        raise LabError(
+                            f"{self.inventory.source_path}: local lab host {host.name} needs IPv4 "
+                            f"addresses, got {addr!r}"
+                        ) from exc
+            yield LabHost(
+                name=host.name,
+                index=index,
+                mgmt_address=host.address,
+                mig_address=mig.get(host.name),
+                state_dir=Path(host.state_dir),
+            )
+
+    @property
+    def controller_address(self) -> str:
+        """The controller's address on the management network (first host of the /24)."""
+        net = ipaddress.IPv4Network(f"{self.hosts[0].mgmt_address}/{_PREFIXLEN}", strict=False)
+        return str(next(net.hosts()))
+
+    # -- lock ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float = 600.0) -> Iterator[None]:
+        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
+        with LOCK_PATH.open("a") as fh:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LabError(
+                            f"another mdevtest holds {LOCK_PATH} for more than {timeout:g} s"
+                        ) from None
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self) -> LabStatus:
+        namespaces = set(_list_netns())
+        links = set(_list_links())
+        hosts = []
+        for h in self.hosts:
+            has_ns = h.netns in namespaces
+            pid = _pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
+            hosts.append(
+                HostStatus(
+                    name=h.name,
+                    netns=has_ns,
+                    sshd_pid=pid,
+                    ssh_port_open=has_ns and _port_open(h.mgmt_address, 22, 1.0),
+                    processes=len(_netns_pids(h.netns)) if has_ns else 0,
+                )
+            )
+        bridges = tuple(b for b in (MGMT_BRIDGE, MIG_BRIDGE) if b in links)
+        return LabStatus(tuple(hosts), bridges, self.state_dir.exists())
+
+    # -- up --------------------------------------------------------------------------------------
+
+    def up(self, progress: Progress = _quiet, *, build_image: bool = True) -> bool:
+        """Make the lab whole. Return whether it was not up before (so the caller owns it)."""
+        if os.geteuid() != 0:
+            raise LabError("the local lab needs root (network namespaces, sshd); run as root")
+        ensure_packages(progress=progress)
+        with self._locked():
+            was_up = self.status().up
+            if was_up:
+                progress("local lab is already up")
+            else:
+                progress("bringing the local lab up")
+                self._check_address_conflicts()
+                self._make_files()
+                self._make_network()
+                for host in self.hosts:
+                    self._start_sshd(host)
+                self._write_known_hosts()
+                self._wait_ssh()
+        if build_image and self.inventory.guest.image.kind == "lab-synthetic":
+            from mdevtest.lab.image import DEFAULT_CACHE_DIR, build_guest_image
+
+            build_guest_image(DEFAULT_CACHE_DIR, progress=progress)
+        return not was_up
+
+    def _check_address_conflicts(self) -> None:
+        """Refuse to shadow a network the machine already uses (its uplink, say)."""
+        ours = {
+            ipaddress.IPv4Network(f"{h.mgmt_address}/{_PREFIXLEN}", strict=False) for h in self.hosts
+        }
+        ours |= {
+            ipaddress.IPv4Network(f"{h.mig_address}/{_PREFIXLEN}", strict=False)
+            for h in self.hosts
+            if h.mig_address
+        }
+        for line in sh(["ip", "-o", "-4", "addr", "show"], check=False).splitlines():
+            fields = line.split()
+            dev, cidr = fields[1], fields[3]
+            if dev.startswith(LINK_PREFIX):
+                continue
+            iface = ipaddress.IPv4Interface(cidr)
+            for net in ours:
+                if iface.network.overlaps(net):
+                    raise LabError(
+                        f"{self.inventory.source_path}: lab network {net} overlaps {cidr} on {dev}; "
+                        "change the hosts' addresses in the inventory to a free range"
+                    )
+
+    def _make_files(self) -> None:
+        for d in (self.state_dir, self.key_file.parent, *(h.state_dir for h in self.hosts)):
+            d.mkdir(parents=True, exist_ok=True)
+        self.key_file.parent.chmod(0o700)
+        if not self.key_file.exists():
+            sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mdevtest-local-lab",
+                "-f", str(self.key_file)])  # fmt: skip
+        self.key_file.chmod(0o600)
+        authorized = self.state_dir / "authorized_keys"
+        authorized.write_text(Path(f"{self.key_file}.pub").read_text())
+        authorized.chmod(0o600)
+        for h in self.hosts:
+            if not h.host_key.exists():
+                sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mdevtest-{h.name}",
+                    "-f", str(h.host_key)])  # fmt: skip
+            h.host_key.chmod(0o600)
+            h.sshd_config.write_text(
+                "\n".join(
+                    [
+                        "# written by mdevtest lab up; removed by mdevtest lab down",
+                        f"ListenAddress {h.mgmt_address}",
+                        "Port 22",
+                        f"HostKey {h.host_key}",
+                        f"PidFile {h.sshd_pidfile}",
+                        f"AuthorizedKeysFile {authorized}",
+                        "PermitRootLogin prohibit-password",
+                        "PasswordAuthentication no",
+                        "KbdInteractiveAuthentication no",
+                        "UsePAM no",
+                        "UseDNS no",
+                        "MaxSessions 64",
+                        "MaxStartups 64:30:128",
+                        "ClientAliveInterval 15",
+                        "Subsystem sftp /usr/lib/openssh/sftp-server",
+                        "",
+                    ]
+                )
+            )
+
+    def _make_network(self) -> None:
+        links = set(_list_links())
+        ctl = f"{self.controller_address}/{_PREFIXLEN}"
+        for bridge, address in ((MGMT_BRIDGE, ctl), (MIG_BRIDGE, None)):
+            if bridge not in links:
+                sh(["ip", "link", "add", bridge, "type", "bridge"])
+            if address is not None:
+                sh(["ip", "addr", "replace", address, "dev", bridge])
+            sh(["ip", "link", "set", bridge, "up"])
+        namespaces = set(_list_netns())
+        for h in self.hosts:
+            if h.netns not in namespaces:
+                sh(["ip", "netns", "add", h.netns])
+            nsx = ["ip", "-n", h.netns]
+            sh([*nsx, "link", "set", "lo", "up"])
+            ns_links = set(_list_links(h.netns))
+            wiring = [(h.mgmt_link, "mgmt0", MGMT_BRIDGE, h.mgmt_address)]
+            if h.mig_address is not None:
+                wiring.append((h.mig_link, "mig0", MIG_BRIDGE, h.mig_address))
+            for outer, inner, bridge, addr in wiring:
+                if outer not in links or inner not in ns_links:
+                    sh(["ip", "link", "del", outer], check=False)
+                    sh(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
+                        "netns", h.netns])  # fmt: skip
+                sh(["ip", "link", "set", outer, "master", bridge, "up"])
+                sh([*nsx, "addr", "replace", f"{addr}/{_PREFIXLEN}", "dev", inner])
+                sh([*nsx, "link", "set", inner, "up"])
+
+    def _start_sshd(self, h: LabHost) -> None:
+        if _pid_if_ours(h.sshd_pidfile, str(h.sshd_config)) is not None:
+            return
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        sh(["ip", "netns", "exec", h.netns, SSHD, "-f", str(h.sshd_config),
+            "-E", str(h.state_dir / "sshd.log")])  # fmt: skip
+
+    def _write_known_hosts(self) -> None:
+        lines = []
+        for h in self.hosts:
+            key_type, key = Path(f"{h.host_key}.pub").read_text().split()[:2]
+            lines.append(f"{h.mgmt_address} {key_type} {key}")
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    def _wait_ssh(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        for h in self.hosts:
+            while not _port_open(h.mgmt_address, 22, 1.0):
+                if time.monotonic() > deadline:
+                    log = h.state_dir / "sshd.log"
+                    tail = log.read_text()[-800:] if log.exists() else "(no sshd log)"
+                    raise LabError(f"{h.name}: sshd did not listen on {h.mgmt_address}:22 "
+                                   f"within {timeout:g} s; sshd log:\n{tail}")  # fmt: skip
+                time.sleep(0.1)
+
+    # -- down ------------------------------------------------------------------------------------
+
+    def down(self, progress: Progress = _quiet) -> None:
+        """Remove every process, namespace, link and file of the lab. Idempotent."""
+        if os.geteuid() != 0:
+            raise LabError("taking the local lab down needs root")
+        with self._locked():
+            namespaces = set(_list_netns())
+            for h in self.hosts:
+                pid = _pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
+                pids = set(_netns_pids(h.netns)) if h.netns in namespaces else set()
+                if pid is not None:
+                    pids.add(pid)
+                if pids:
+                    progress(f"{h.name}: stopping {len(pids)} process(es)")
+                    _terminate(pids)
+            # Sweep by prefix too, so leftovers of an inventory that changed are found.
+            for ns in _list_netns():
+                if ns.startswith(NETNS_PREFIX):
+                    _terminate(set(_netns_pids(ns)))
+                    sh(["ip", "netns", "del", ns], check=False)
+            for link in _list_links():
+                if link.startswith(LINK_PREFIX):
+                    sh(["ip", "link", "del", link], check=False)
+            if self.state_dir.exists():
+                shutil.rmtree(self.state_dir)
+            for path in (self.key_file, Path(f"{self.key_file}.pub"), self.known_hosts):
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the parent, if nothing else lives there
+                self.state_dir.parent.rmdir()
+            progress("local lab is down")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _list_netns() -> list[str]:
+    out = sh(["ip", "netns", "list"], check=False)
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _list_links(netns: str | None = None) -> list[str]:
+    argv = ["ip", "-o", "link", "show"] if netns is None else ["ip", "-n", netns, "-o", "link"]
+    out = sh(argv, check=False)
+    names = []
+    for line in out.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) >= 2:
+            names.append(parts[1].strip().split("@")[0])
+    return names
+
+
+def _netns_pids(netns: str) -> list[int]:
+    out = sh(["ip", "netns", "pids", netns], check=False)
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _pid_if_ours(pidfile: Path, marker: str) -> int | None:
+    """The pid in ``pidfile`` if that process is alive and its command line contains ``marker``."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if marker in _cmdline(pid) else None
+
+
+def _terminate(pids: set[int], grace: float = 5.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if Path(f"/proc/{p}").exists() and _state(p) != "Z"}
+        time.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"
+
+
+def _port_open(address: str, port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

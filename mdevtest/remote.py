@@ -1,0 +1,401 @@
+"""Remote execution on lab hosts over SSH (fabric on paramiko).
+
+What it guarantees:
+
+* one SSH connection per host per :class:`RemotePool` (one pool per process), reused by every call and
+  re-opened once if the server dropped it (an sshd restart);
+* host keys checked against the inventory's ``known_hosts``; unknown keys are refused unless the
+  inventory explicitly says ``accept_unknown_host_keys``;
+* a timeout on every call: connecting, each command, each file transfer, each socket bridge;
+* argument vectors are quoted with :func:`shlex.join`; nothing is pasted into a shell string unquoted;
+* :meth:`Remote.run` returns a frozen :class:`CommandResult`; :meth:`Remote.check` raises
+  :class:`~mdevtest.errors.CommandFailed` carrying host, command, rc and the tail of stderr.
+
+UNIX sockets on a host (QMP, serial console) are reached from the controller with
+:meth:`Remote.open_unix_socket`: an exec channel runs ``socat`` on the host and the channel is pumped
+into one end of a local socket pair, whose other end behaves like a connected local socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paramiko
+from fabric import Config, Connection
+from invoke.exceptions import CommandTimedOut as InvokeTimedOut
+from invoke.exceptions import UnexpectedExit
+
+from mdevtest.errors import CommandFailed, CommandTimedOut, ConnectFailed, RemoteError
+from mdevtest.inventory import Host
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one remote command did. ``duration`` is wall-clock seconds seen by the controller."""
+
+    host: str
+    command: str
+    rc: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def quote_argv(argv: Sequence[str]) -> str:
+    """Render an argument vector as one shell-safe command line."""
+    return shlex.join(str(a) for a in argv)
+
+
+class Remote:
+    """SSH access to one host. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.name = host.name
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _new_connection(self) -> Connection:
+        ssh = self.host.ssh
+        config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+        conn = Connection(
+            host=self.host.address,
+            user=ssh.user,
+            port=ssh.port,
+            config=config,
+            connect_timeout=ssh.connect_timeout_s,
+            connect_kwargs={
+                "key_filename": str(ssh.key_file),
+                "look_for_keys": False,
+                "allow_agent": False,
+                "banner_timeout": ssh.connect_timeout_s,
+                "auth_timeout": ssh.connect_timeout_s,
+            },
+        )
+        client = conn.client
+        if ssh.known_hosts is not None and ssh.known_hosts.exists():
+            client.load_host_keys(str(ssh.known_hosts))
+        elif ssh.known_hosts is None:
+            client.load_system_host_keys()
+        if ssh.accept_unknown_host_keys:
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        return conn
+
+    def connect(self) -> Connection:
+        """Open the connection if it is not open (or was dropped); return it."""
+        with self._lock:
+            if self._conn is not None and self._conn.is_connected:
+                transport = self._conn.transport
+                if transport is not None and transport.is_active():
+                    return self._conn
+                self._conn.close()
+                self._conn = None
+            conn = self._new_connection()
+            ssh = self.host.ssh
+            where = f"{ssh.user}@{self.host.address}:{ssh.port}"
+            try:
+                conn.open()
+            except paramiko.BadHostKeyException as exc:
+                raise ConnectFailed(
+                    self.name,
+                    f"host key of {where} does not match {ssh.known_hosts}; if the host was "
+                    "reinstalled, update known_hosts (for the local lab: `mdevtest lab up`)",
+                ) from exc
+            except paramiko.AuthenticationException as exc:
+                raise ConnectFailed(
+                    self.name, f"authentication as {where} with key {ssh.key_file} failed: {exc}"
+                ) from exc
+            except paramiko.SSHException as exc:
+                if "not found in known_hosts" in str(exc):
+                    raise ConnectFailed(
+                        self.name,
+                        f"host key of {where} is not in {ssh.known_hosts or '~/.ssh/known_hosts'}; "
+                        "add it (ssh-keyscan) or, for a throw-away lab only, set "
+                        "ssh.accept_unknown_host_keys: true",
+                    ) from exc
+                raise ConnectFailed(self.name, f"SSH to {where} failed: {exc}") from exc
+            except (OSError, EOFError) as exc:
+                raise ConnectFailed(
+                    self.name, f"cannot reach {where} within {ssh.connect_timeout_s:g} s: {exc}"
+                ) from exc
+            if ssh.keepalive_s and conn.transport is not None:
+                conn.transport.set_keepalive(ssh.keepalive_s)
+            self._conn = conn
+            return conn
+
+    def close(self) -> None:
+        """Close the connection. Idempotent."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Remote:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _transport(self) -> paramiko.Transport:
+        transport: paramiko.Transport | None = self.connect().transport
+        if transport is None:  # pragma: no cover - fabric sets it on open
+            raise ConnectFailed(self.name, "SSH transport missing after connect")
+        return transport
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def run_shell(
+        self,
+        script: str,
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Run ``script`` with the remote user's shell.
+
+        Only for scripts written in this package: every interpolated value must already be quoted
+        (``shlex.quote``). Prefer :meth:`run` with an argument vector.
+        """
+        limit = self.host.ssh.command_timeout_s if timeout is None else timeout
+        if env:
+            script = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + script
+        started = time.monotonic()
+        for attempt in (1, 2):
+            conn = self.connect()
+            try:
+                res: Any = conn.run(script, hide=True, warn=True, timeout=limit, pty=False)
+                break
+            except InvokeTimedOut as exc:
+                raise CommandTimedOut(self.name, script, limit) from exc
+            except UnexpectedExit as exc:  # pragma: no cover - warn=True prevents it
+                res = exc.result
+                break
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                # The connection dropped under us (sshd restarted, link flap): reconnect once.
+                self.close()
+                if attempt == 2:
+                    raise RemoteError(self.name, f"SSH session lost running {script}: {exc}") from exc
+        return CommandResult(
+            host=self.name,
+            command=script,
+            rc=int(res.exited),
+            stdout=str(res.stdout),
+            stderr=str(res.stderr),
+            duration=time.monotonic() - started,
+        )
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Run an argument vector (quoted); never raises for a non-zero exit."""
+        return self.run_shell(quote_argv(argv), timeout=timeout, env=env)
+
+    def check(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Like :meth:`run`, but a non-zero exit raises :class:`CommandFailed`."""
+        return self.raise_for(self.run(argv, timeout=timeout, env=env))
+
+    def check_shell(self, script: str, *, timeout: float | None = None) -> CommandResult:
+        """Like :meth:`run_shell`, but a non-zero exit raises :class:`CommandFailed`."""
+        return self.raise_for(self.run_shell(script, timeout=timeout))
+
+    @staticmethod
+    def raise_for(result: CommandResult) -> CommandResult:
+        if result.rc != 0:
+            raise CommandFailed(result.host, result.command, result.rc, result.stderr)
+        return result
+
+    # -- files -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _sftp(self, timeout: float | None) -> Iterator[paramiko.SFTPClient]:
+        limit = self.host.ssh.command_timeout_s if timeout is None else timeout
+        try:
+            sftp = paramiko.SFTPClient.from_transport(self._transport())
+        except (paramiko.SSHException, OSError) as exc:
+            raise RemoteError(self.name, f"cannot open SFTP: {exc}") from exc
+        if sftp is None:  # pragma: no cover
+            raise RemoteError(self.name, "cannot open SFTP")
+        try:
+            sftp.get_channel().settimeout(limit)  # type: ignore[union-attr]
+            yield sftp
+        finally:
+            sftp.close()
+
+    def put(self, local: Path, remote_path: str, *, timeout: float | None = None) -> None:
+        """Copy a controller file to the host (atomically: temp name, then rename)."""
+        tmp = f"{remote_path}.part"
+        with self._sftp(timeout) as sftp:
+            try:
+                sftp.put(str(local), tmp)
+                sftp.posix_rename(tmp, remote_path)
+            except (OSError, paramiko.SSHException) as exc:
+                raise RemoteError(self.name, f"put {local} -> {remote_path} failed: {exc}") from exc
+
+    def get(self, remote_path: str, local: Path, *, timeout: float | None = None) -> None:
+        """Copy a host file to the controller."""
+        with self._sftp(timeout) as sftp:
+            try:
+                sftp.get(remote_path, str(local))
+            except (OSError, paramiko.SSHException) as exc:
+                raise RemoteError(self.name, f"get {remote_path} -> {local} failed: {exc}") from exc
+
+    def read_text(self, remote_path: str, *, timeout: float | None = None) -> str:
+        """Return a (text) file of the host; missing files raise :class:`RemoteError`."""
+        with self._sftp(timeout) as sftp:
+            try:
+                with sftp.open(remote_path, "rb") as fh:
+                    data: bytes = fh.read()
+            except (OSError, paramiko.SSHException) as exc:
+                raise RemoteError(self.name, f"cannot read {remote_path}: {exc}") from exc
+        return data.decode("utf-8", errors="replace")
+
+    def write_text(self, remote_path: str, text: str, *, timeout: float | None = None) -> None:
+        with self._sftp(timeout) as sftp:
+            try:
+                with sftp.open(remote_path, "wb") as fh:
+                    fh.write(text.encode())
+            except (OSError, paramiko.SSHException) as exc:
+                raise RemoteError(self.name, f"cannot write {remote_path}: {exc}") from exc
+
+    # -- sockets ---------------------------------------------------------------------------------
+
+    def open_unix_socket(self, path: str, *, timeout: float = 10.0) -> UnixSocketBridge:
+        """Connect to a UNIX socket on the host; return a bridge whose ``.sock`` is local.
+
+        The host needs ``socat``. ``timeout`` bounds the connect; the bridge then lives until closed.
+        """
+        transport = self._transport()
+        try:
+            channel = transport.open_session(timeout=timeout)
+            channel.exec_command(quote_argv(["socat", "-", f"UNIX-CONNECT:{path}"]))
+        except (paramiko.SSHException, OSError) as exc:
+            raise RemoteError(self.name, f"cannot open a channel to {path}: {exc}") from exc
+        return UnixSocketBridge(self.name, path, channel)
+
+
+@dataclass
+class UnixSocketBridge:
+    """A paramiko channel pumped into a local socket pair. Close it to stop the pump."""
+
+    host: str
+    path: str
+    channel: paramiko.Channel
+    sock: socket.socket = field(init=False)
+    _inner: socket.socket = field(init=False)
+    _thread: threading.Thread = field(init=False)
+    _closed: threading.Event = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sock, self._inner = socket.socketpair()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(
+            target=self._pump, name=f"bridge {self.host}:{self.path}", daemon=True
+        )
+        self._thread.start()
+
+    def _pump(self) -> None:
+        chan, inner = self.channel, self._inner
+        try:
+            while not self._closed.is_set():
+                readable, _, _ = select.select([chan.fileno(), inner.fileno()], [], [], 0.5)
+                if chan.fileno() in readable:
+                    data = chan.recv(65536)
+                    if not data:
+                        break
+                    inner.sendall(data)
+                if inner.fileno() in readable:
+                    data = inner.recv(65536)
+                    if not data:
+                        break
+                    chan.sendall(data)
+        except OSError:
+            pass  # the other side went away: the socket user sees EOF below
+        finally:
+            with contextlib.suppress(OSError):
+                inner.shutdown(socket.SHUT_RDWR)
+            chan.close()
+
+    def stderr(self) -> str:
+        """What socat said on the host (why a connect failed)."""
+        if self.channel.recv_stderr_ready():
+            return self.channel.recv_stderr(4096).decode(errors="replace")
+        return ""
+
+    def close(self) -> None:
+        """Stop the pump and close both ends. Idempotent."""
+        self._closed.set()
+        self._thread.join(timeout=2)
+        for sock in (self.sock, self._inner):
+            with contextlib.suppress(OSError):
+                sock.close()
+        self.channel.close()
+
+    def __enter__(self) -> UnixSocketBridge:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class RemotePool:
+    """One :class:`Remote` per host for the lifetime of the pool (a test session)."""
+
+    def __init__(self, hosts: Sequence[Host]) -> None:
+        self._hosts = {h.name: h for h in hosts}
+        self._remotes: dict[str, Remote] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, name: str) -> Remote:
+        with self._lock:
+            remote = self._remotes.get(name)
+            if remote is None:
+                remote = Remote(self._hosts[name])
+                self._remotes[name] = remote
+            return remote
+
+    def close(self) -> None:
+        """Close every connection. Idempotent."""
+        with self._lock:
+            remotes, self._remotes = list(self._remotes.values()), {}
+        for remote in remotes:
+            remote.close()
+
+    def __enter__(self) -> RemotePool:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
