@@ -1,0 +1,1 @@
+"""Verification checks run after a migration; each says what it measured and how."""

@@ -1,0 +1,287 @@
+"""The live-migration flow, its policy and its typed result.
+
+:class:`Migrator` drives one migration from a running source to a destination started with
+``-incoming defer``:
+
+1. set the same capabilities on both sides (``events`` always, so ``MIGRATION`` and ``MIGRATION_PASS``
+   events are emitted) and the policy's parameters on the source;
+2. refuse to start if the source reports ``blocked-reasons`` (:class:`MigrationBlocked`);
+3. ``migrate-incoming`` on the destination, then ``migrate`` on the source, with the event stream
+   already being recorded (the QMP session keeps every event from connection time on);
+4. poll ``query-migrate`` on the source into a timeline until a final state;
+5. on timeout: ``migrate_cancel``, wait for ``cancelled``, and verify the source runs again
+   (:class:`MigrationTimedOut`); on ``failed``: verify the same and raise :class:`MigrationFailed` with
+   QEMU's ``error-desc``;
+6. on ``completed``: wait for the destination to reach ``running``.
+
+The :class:`MigrationResult` is immutable and says, for every figure, how it was measured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mdevtest.errors import (
+    MigrationBlocked,
+    MigrationError,
+    MigrationFailed,
+    MigrationTimedOut,
+    QmpError,
+    StateError,
+)
+from mdevtest.qemu.machine import RemoteMachine
+from mdevtest.qemu.qmp import QmpEvent
+
+FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+
+#: How each figure of a result is measured; copied into every report entry.
+METHODS: dict[str, str] = {
+    "total_time_ms": "QEMU query-migrate 'total-time' on the source (ms, QEMU's clock)",
+    "setup_time_ms": "QEMU query-migrate 'setup-time' on the source (ms)",
+    "downtime_ms": "QEMU query-migrate 'downtime' on the source: vCPUs stopped until the "
+    "destination was told to run (ms)",
+    "ram_transferred_bytes": "QEMU query-migrate 'ram.transferred' on the source (bytes)",
+    "vfio_transferred_bytes": "QEMU query-migrate 'vfio.transferred' on the source (bytes); "
+    "null when no migratable VFIO device took part",
+    "passes": "QEMU query-migrate 'ram.dirty-sync-count' (RAM dirty bitmap syncs)",
+    "wall_time_ms": "controller monotonic clock from `migrate` sent to the final state seen",
+}
+
+
+@dataclass(frozen=True)
+class MigrationPolicy:
+    """How to migrate. ``None`` leaves QEMU's default."""
+
+    timeout_s: float = 120.0
+    downtime_limit_ms: int | None = None
+    max_bandwidth_bytes: int | None = None
+    capabilities: tuple[tuple[str, bool], ...] = ()
+    poll_interval_s: float = 0.05
+
+    def all_capabilities(self) -> list[dict[str, Any]]:
+        caps = {"events": True, **dict(self.capabilities)}
+        return [{"capability": k, "state": v} for k, v in caps.items()]
+
+
+@dataclass(frozen=True)
+class TimelinePoint:
+    t_ms: float  # controller time since `migrate` was sent
+    status: str
+    ram_transferred: int | None
+    ram_remaining: int | None
+    mbps: float | None
+    dirty_pages_rate: int | None
+    expected_downtime_ms: int | None
+
+    @classmethod
+    def from_query(cls, t_ms: float, info: dict[str, Any]) -> TimelinePoint:
+        ram = info.get("ram", {})
+        return cls(
+            t_ms=round(t_ms, 1),
+            status=str(info.get("status", "none")),
+            ram_transferred=ram.get("transferred"),
+            ram_remaining=ram.get("remaining"),
+            mbps=ram.get("mbps"),
+            dirty_pages_rate=ram.get("dirty-pages-rate"),
+            expected_downtime_ms=info.get("expected-downtime"),
+        )
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What one migration did, from QEMU's figures and the controller's own observations."""
+
+    source: str
+    destination: str
+    uri: str
+    status: str
+    total_time_ms: int | None
+    setup_time_ms: int | None
+    downtime_ms: int | None
+    ram_transferred_bytes: int | None
+    ram_total_bytes: int | None
+    vfio_transferred_bytes: int | None
+    passes: int | None
+    wall_time_ms: float
+    error_desc: str | None
+    final_stats: dict[str, Any]
+    events: tuple[QmpEvent, ...]
+    timeline: tuple[TimelinePoint, ...]
+    methods: dict[str, str] = field(default_factory=lambda: dict(METHODS))
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "total_time_ms": self.total_time_ms,
+            "setup_time_ms": self.setup_time_ms,
+            "downtime_ms": self.downtime_ms,
+            "ram_transferred_bytes": self.ram_transferred_bytes,
+            "vfio_transferred_bytes": self.vfio_transferred_bytes,
+            "passes": self.passes,
+            "wall_time_ms": round(self.wall_time_ms, 1),
+        }
+
+
+class Migrator:
+    """Migrate ``source`` to ``destination`` once. Ask for :attr:`result` only after :meth:`run`."""
+
+    def __init__(
+        self,
+        source: RemoteMachine,
+        destination: RemoteMachine,
+        *,
+        uri: str,
+        policy: MigrationPolicy | None = None,
+    ) -> None:
+        self.source = source
+        self.destination = destination
+        self.uri = uri
+        self.policy = policy or MigrationPolicy()
+        self._state = "new"
+        self._result: MigrationResult | None = None
+
+    @property
+    def result(self) -> MigrationResult:
+        if self._result is None:
+            raise StateError(f"migration {self.uri} has no result yet (state: {self._state})")
+        return self._result
+
+    def prepare(self) -> None:
+        """Capabilities on both sides, parameters on the source, destination listening."""
+        caps = self.policy.all_capabilities()
+        for machine in (self.source, self.destination):
+            machine.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+        params: dict[str, Any] = {}
+        if self.policy.downtime_limit_ms is not None:
+            params["downtime-limit"] = self.policy.downtime_limit_ms
+        if self.policy.max_bandwidth_bytes is not None:
+            params["max-bandwidth"] = self.policy.max_bandwidth_bytes
+        if params:
+            self.source.qmp.execute("migrate-set-parameters", params)
+        blocked = self.source.qmp.execute("query-migrate").get("blocked-reasons") or []
+        if blocked:
+            raise MigrationBlocked(
+                f"{self.source.label}: migration is blocked: {'; '.join(map(str, blocked))}"
+            )
+        self.destination.qmp.execute("migrate-incoming", {"uri": self.uri})
+        self._state = "prepared"
+
+    def run(self) -> MigrationResult:
+        """Migrate; return the result of a completed migration or raise a MigrationError."""
+        if self._state == "new":
+            self.prepare()
+        if self._state != "prepared":
+            raise StateError(f"migration {self.uri} cannot run in state {self._state}")
+        src, dst = self.source, self.destination
+        first_event = src.qmp.event_count()
+        timeline: list[TimelinePoint] = []
+        started = time.monotonic()
+        src.qmp.execute("migrate", {"uri": self.uri})
+        self._state = "running"
+        deadline = started + self.policy.timeout_s
+        info: dict[str, Any] = {}
+        while True:
+            info = src.qmp.execute("query-migrate")
+            timeline.append(TimelinePoint.from_query((time.monotonic() - started) * 1000, info))
+            status = str(info.get("status", "none"))
+            if status in FINAL_STATES:
+                break
+            if time.monotonic() > deadline:
+                self._cancel(info)
+            time.sleep(self.policy.poll_interval_s)
+        wall_ms = (time.monotonic() - started) * 1000
+        self._result = self._make_result(info, timeline, wall_ms, src.qmp.events[first_event:])
+        self._state = status
+        if status == "failed":
+            self._require_source_running()
+            raise MigrationFailed(
+                f"{src.label} -> {dst.label}: migration failed: "
+                f"{info.get('error-desc', 'no error-desc from QEMU')}"
+            )
+        if status == "cancelled":
+            self._require_source_running()
+            raise MigrationError(f"{src.label} -> {dst.label}: migration was cancelled")
+        self._wait_destination_running()
+        return self._result
+
+    def _cancel(self, info: dict[str, Any]) -> None:
+        src = self.source
+        src.qmp.execute("migrate_cancel")
+        deadline = time.monotonic() + 30
+        while str(src.qmp.execute("query-migrate").get("status")) not in FINAL_STATES:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        self._state = "cancelled"
+        runs = self._require_source_running()
+        raise MigrationTimedOut(
+            f"{src.label} -> {self.destination.label}: not completed within "
+            f"{self.policy.timeout_s:g} s (last status {info.get('status')}, "
+            f"remaining {info.get('ram', {}).get('remaining')} bytes); cancelled, source {runs}"
+        )
+
+    def _require_source_running(self) -> str:
+        """After a failed or cancelled migration the guest must run on the source again."""
+        deadline = time.monotonic() + 15
+        status = "unknown"
+        while time.monotonic() < deadline:
+            try:
+                status = self.source.status()
+            except QmpError as exc:
+                raise MigrationError(
+                    f"{self.source.label}: source unreachable after the migration stopped: {exc}"
+                ) from exc
+            if status == "running":
+                return "is running again"
+            time.sleep(0.2)
+        raise MigrationError(
+            f"{self.source.label}: guest did not resume on the source after the migration "
+            f"stopped (status {status})"
+        )
+
+    def _wait_destination_running(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        status = "unknown"
+        while time.monotonic() < deadline:
+            status = self.destination.status()
+            if status == "running":
+                return
+            time.sleep(0.05)
+        raise MigrationError(
+            f"{self.destination.label}: destination is {status!r}, not running, "
+            f"{timeout:g} s after the migration completed"
+        )
+
+    def _make_result(
+        self,
+        info: dict[str, Any],
+        timeline: list[TimelinePoint],
+        wall_ms: float,
+        events: list[QmpEvent],
+    ) -> MigrationResult:
+        ram = info.get("ram", {})
+        vfio = info.get("vfio")
+        return MigrationResult(
+            source=self.source.host.name,
+            destination=self.destination.host.name,
+            uri=self.uri,
+            status=str(info.get("status")),
+            total_time_ms=info.get("total-time"),
+            setup_time_ms=info.get("setup-time"),
+            downtime_ms=info.get("downtime"),
+            ram_transferred_bytes=ram.get("transferred"),
+            ram_total_bytes=ram.get("total"),
+            vfio_transferred_bytes=vfio.get("transferred") if isinstance(vfio, dict) else None,
+            passes=ram.get("dirty-sync-count"),
+            wall_time_ms=wall_ms,
+            error_desc=info.get("error-desc"),
+            final_stats=info,
+            events=tuple(events),
+            timeline=tuple(timeline),
+        )

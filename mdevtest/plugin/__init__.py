@@ -1,0 +1,30 @@
+"""The mdevtest pytest plugin (entry point ``pytest11: mdevtest``).
+
+Thin by design: options and session state live in :mod:`.hooks`, fixtures in :mod:`.fixtures`; the work
+is done by the library (:class:`mdevtest.testbed.Testbed`, :class:`mdevtest.migration.Migrator`).
+"""
+
+from mdevtest.plugin.fixtures import guest, lab, migrate, pair
+from mdevtest.plugin.hooks import (
+    pytest_addoption,
+    pytest_configure,
+    pytest_generate_tests,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_terminal_summary,
+)
+
+__all__ = [
+    "guest",
+    "lab",
+    "migrate",
+    "pair",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_generate_tests",
+    "pytest_runtest_makereport",
+    "pytest_sessionfinish",
+    "pytest_sessionstart",
+    "pytest_terminal_summary",
+]

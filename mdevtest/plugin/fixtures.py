@@ -1,0 +1,181 @@
+"""Fixtures of the mdevtest pytest plugin: ``lab``, ``pair``, ``guest``, ``migrate``.
+
+``lab`` (session) gives a :class:`~mdevtest.testbed.Testbed`; with the local-lab inventory it brings the
+embedded lab up when it is not up and takes down, at the end, what it brought up. ``pair`` is
+parametrised over the inventory's host pairs (ids like ``host-a->host-b``). ``guest`` boots the guest
+on the pair's source. ``migrate(guest)`` starts the destination, migrates, records the result for the
+summary and Allure, and shuts the source down once the destination runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import allure
+import pytest
+
+from mdevtest.errors import MdevtestError
+from mdevtest.plugin.hooks import CALL_REPORT, state_of
+
+if TYPE_CHECKING:
+    from mdevtest.inventory import HostPair
+    from mdevtest.migration import MigrationPolicy, MigrationResult
+    from mdevtest.qemu.machine import RemoteMachine
+    from mdevtest.testbed import Testbed
+
+
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
+    """The lab of the inventory, connected; the local lab is brought up on demand."""
+    from mdevtest.lab.local import LocalLab
+    from mdevtest.testbed import Testbed
+
+    state = state_of(request.config)
+    if state.inventory is None:
+        pytest.fail(state.inventory_problem or "no inventory", pytrace=False)
+    inventory = state.inventory
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def progress(message: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[mdevtest] {message}")
+
+    with contextlib.ExitStack() as stack:
+        if inventory.local_lab is not None:
+            local = LocalLab(inventory)
+            try:
+                started = local.up(progress)
+            except MdevtestError as exc:
+                pytest.fail(f"local lab: {exc}", pytrace=False)
+            if started and not state.keep_lab and state.is_controller:
+                stack.callback(local.down, progress)
+        testbed = stack.enter_context(Testbed(inventory))
+        try:
+            reaped = testbed.reap()
+        except MdevtestError as exc:
+            pytest.fail(f"cannot prepare the lab hosts: {exc}", pytrace=False)
+        for host, tags in reaped.items():
+            if tags:
+                progress(f"{host}: reaped {len(tags)} machine(s) left by an earlier run")
+        yield testbed
+
+
+@pytest.fixture
+def pair(request: pytest.FixtureRequest) -> HostPair:
+    """The host pair of this test (parametrised by the plugin from the inventory)."""
+    value: HostPair = request.param
+    return value
+
+
+@pytest.fixture
+def guest(lab: Testbed, pair: HostPair) -> Iterator[RemoteMachine]:
+    """The guest, booted on the pair's source and running its workload."""
+    from mdevtest.report.attach import attach_text
+
+    allure.dynamic.parameter("pair", pair.id)
+    with allure.step(f"boot guest on {pair.source}"):
+        try:
+            machine = lab.start_source(pair)
+        except MdevtestError as exc:
+            pytest.fail(f"boot on {pair.source}: {exc}", pytrace=False)
+    try:
+        yield machine
+    finally:
+        with allure.step(f"teardown guest on {pair.source}"):
+            with contextlib.suppress(MdevtestError):
+                attach_text(f"console {machine.label}", machine.serial_log())
+                attach_text(f"qemu log {machine.label}", machine.log_tail(200))
+            machine.shutdown()
+            with contextlib.suppress(MdevtestError):
+                machine.remove_files()
+
+
+@dataclass
+class MigrationOutcome:
+    """A migration made by the ``migrate`` fixture, with the checks the test recorded on it."""
+
+    pair: HostPair
+    source: RemoteMachine
+    destination: RemoteMachine
+    result: MigrationResult | None
+    error: str | None = None
+    source_console: str = ""
+    source_status_after: str | None = None
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def record_check(self, name: str, status: str, values: dict[str, Any], method: str) -> None:
+        self.checks[name] = {"status": status, "values": values, "method": method}
+
+
+@pytest.fixture
+def migrate(
+    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair
+) -> Iterator[Callable[..., MigrationOutcome]]:
+    """``migrate(source_machine, policy=None)``: migrate to the pair's destination."""
+    from mdevtest.errors import MigrationError
+    from mdevtest.migration import MigrationPolicy, Migrator
+    from mdevtest.report.attach import attach_migration, attach_text
+    from mdevtest.report.summary import SummaryWriter, migration_entry
+
+    state = state_of(request.config)
+    outcomes: list[MigrationOutcome] = []
+
+    def _migrate(source: RemoteMachine, policy: MigrationPolicy | None = None) -> MigrationOutcome:
+        limits = lab.inventory.limits
+        policy = policy or MigrationPolicy(timeout_s=limits.migration_timeout_s)
+        with allure.step(f"start destination on {pair.destination} (-incoming defer)"):
+            destination = lab.start_destination(pair, source)
+        outcome = MigrationOutcome(pair, source, destination, None)
+        outcomes.append(outcome)
+        migrator = Migrator(source, destination, uri=lab.migration_uri(pair), policy=policy)
+        with allure.step(f"migrate {pair.id} over {migrator.uri}"):
+            try:
+                outcome.result = migrator.run()
+            except MigrationError as exc:
+                outcome.error = str(exc)
+                with contextlib.suppress(MdevtestError):
+                    outcome.result = migrator.result
+                raise
+            finally:
+                if outcome.result is not None:
+                    attach_migration(outcome.result)
+        # The guest runs on the destination now: keep the source's console, then stop it.
+        with allure.step(f"shut down source on {pair.source}"):
+            outcome.source_status_after = source.status()
+            outcome.source_console = source.serial_log()
+            source.shutdown()
+        return outcome
+
+    yield _migrate
+
+    report = request.node.stash.get(CALL_REPORT, None)
+    verdict = report.outcome if report is not None else "error"
+    for outcome in outcomes:
+        with contextlib.suppress(MdevtestError):
+            attach_text(f"console {outcome.destination.label}", outcome.destination.serial_log())
+            attach_text(f"qemu log {outcome.destination.label}", outcome.destination.log_tail(200))
+        outcome.destination.shutdown()
+        with contextlib.suppress(MdevtestError):
+            outcome.destination.remove_files()
+        if state.report_dir is not None and outcome.result is not None:
+            src_facts, dst_facts = lab.facts(pair.source), lab.facts(pair.destination)
+            extra = {
+                "verdict": verdict,
+                "error": outcome.error,
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "accel": src_facts.accel,
+                "accel_reason": src_facts.accel_reason,
+                "qemu_version": {
+                    pair.source: src_facts.qemu_version,
+                    pair.destination: dst_facts.qemu_version,
+                },
+                "guest_image": lab.image().description,
+                "vgpu": None,
+                "checks": outcome.checks,
+            }
+            writer = SummaryWriter(state.report_dir, state.worker)
+            writer.add(migration_entry(request.node.nodeid, outcome.result, extra=extra))

@@ -1,0 +1,176 @@
+"""Options, session state and reporting hooks of the mdevtest pytest plugin."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from mdevtest.errors import InventoryError
+
+if TYPE_CHECKING:
+    from mdevtest.inventory import Inventory
+
+DEFAULT_INVENTORY = Path("inventory/local-lab.yaml")
+
+
+@dataclass
+class SessionState:
+    """What the plugin knows about this session, kept in ``config.stash``."""
+
+    inventory: Inventory | None
+    inventory_path: Path | None
+    inventory_problem: str | None
+    report_dir: Path | None
+    keep_lab: bool
+    pair_filter: tuple[str, ...]
+    worker: str
+    is_controller: bool
+
+
+STATE = pytest.StashKey[SessionState]()
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
+def state_of(config: pytest.Config) -> SessionState:
+    return config.stash[STATE]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("mdevtest", "mdevtest: live migration of mediated devices")
+    group.addoption(
+        "--mdevtest-inventory",
+        "--inventory",
+        dest="mdevtest_inventory",
+        metavar="PATH",
+        default=None,
+        help=f"lab inventory (YAML); default: {DEFAULT_INVENTORY} under the rootdir",
+    )
+    group.addoption(
+        "--mdevtest-report-dir",
+        dest="mdevtest_report_dir",
+        metavar="DIR",
+        default=None,
+        help="write summary.json (and, unless --alluredir is given, allure-results/) here",
+    )
+    group.addoption(
+        "--mdevtest-pairs",
+        dest="mdevtest_pairs",
+        metavar="IDS",
+        default="",
+        help="comma-separated host pair ids to run on, e.g. 'host-a->host-b' (default: all)",
+    )
+    group.addoption(
+        "--mdevtest-keep-lab",
+        dest="mdevtest_keep_lab",
+        action="store_true",
+        help="leave the local lab up at the end even if this session brought it up",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    from mdevtest.inventory import load_inventory
+
+    explicit = config.getoption("mdevtest_inventory")
+    path = Path(explicit) if explicit else config.rootpath / DEFAULT_INVENTORY
+    inventory = None
+    problem = None
+    if explicit or path.exists():
+        try:
+            inventory = load_inventory(path)
+        except InventoryError as exc:
+            if explicit:
+                raise pytest.UsageError(str(exc)) from None
+            problem = str(exc)
+    else:
+        problem = f"no inventory: {path} does not exist; pass --inventory PATH"
+    report_dir = config.getoption("mdevtest_report_dir")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    state = SessionState(
+        inventory=inventory,
+        inventory_path=path,
+        inventory_problem=problem,
+        report_dir=Path(report_dir).resolve() if report_dir else None,
+        keep_lab=bool(config.getoption("mdevtest_keep_lab")),
+        pair_filter=tuple(p.strip() for p in config.getoption("mdevtest_pairs").split(",") if p),
+        worker=worker,
+        is_controller=worker == "main",
+    )
+    config.stash[STATE] = state
+    if state.report_dir is not None and getattr(config.option, "allure_report_dir", None) is None:
+        config.option.allure_report_dir = str(state.report_dir / "allure-results")
+        config.option.clean_alluredir = state.is_controller
+    config.addinivalue_line("markers", "lab: needs the embedded local lab (root, namespaces)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``pair`` over the inventory's host pairs; ids read like the lab."""
+    if "pair" not in metafunc.fixturenames:
+        return
+    state = state_of(metafunc.config)
+    if state.inventory is None:
+        reason = state.inventory_problem or "no inventory"
+        metafunc.parametrize("pair", [pytest.param(None, marks=pytest.mark.skip(reason=reason))],
+                             ids=["no-inventory"])  # fmt: skip
+        return
+    pairs = [p for p in state.inventory.pairs if not state.pair_filter or p.id in state.pair_filter]
+    if state.pair_filter and not pairs:
+        known = ", ".join(p.id for p in state.inventory.pairs)
+        raise pytest.UsageError(f"--mdevtest-pairs matches no pair of the inventory; known: {known}")
+    metafunc.parametrize("pair", pairs, ids=[p.id for p in pairs])
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    state = state_of(session.config)
+    if state.report_dir is not None and state.is_controller:
+        from mdevtest.report.summary import SummaryWriter
+
+        SummaryWriter(state.report_dir).reset()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        item.stash[CALL_REPORT] = report
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = state_of(session.config)
+    if state.report_dir is None or not state.is_controller:
+        return
+    from mdevtest.report.summary import SummaryWriter
+
+    meta: dict[str, Any] = {"inventory": str(state.inventory_path)}
+    SummaryWriter(state.report_dir).merge(meta=meta)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """A short table of the migrations this run made."""
+    state = state_of(config)
+    if state.report_dir is None or not state.is_controller:
+        return
+    import json
+
+    path = state.report_dir / "summary.json"
+    if not path.exists():
+        return
+    entries = json.loads(path.read_text()).get("migrations", [])
+    tr = terminalreporter
+    tr.section("mdevtest migrations")
+    tr.write_line(f"{'test':60} {'status':10} {'total ms':>9} {'downtime ms':>11} {'verdict':>8}")
+    for e in entries:
+        test = str(e.get("test_id", "")).split("::")[-1][:60]
+        tr.write_line(
+            f"{test:60} {e.get('status')!s:10} {e.get('total_time_ms')!s:>9} "
+            f"{e.get('downtime_ms')!s:>11} {e.get('verdict')!s:>8}"
+        )
+    tr.write_line(f"summary: {path}")

@@ -1,0 +1,1 @@
+"""QEMU on lab hosts: command-line builder, QMP session, remote machine lifecycle."""

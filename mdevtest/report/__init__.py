@@ -1,0 +1,1 @@
+"""Reports: the run summary (``summary.json``) and Allure attachments."""

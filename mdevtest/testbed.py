@@ -1,0 +1,204 @@
+"""The run-time side of an inventory: connections, host facts, guest images, machines.
+
+A :class:`Testbed` lives for one test session (one per xdist worker). It owns one SSH connection per
+host, probes each host once, makes sure the guest image is on each host that needs it, and builds
+matching source/destination machines for a pair. The pytest plugin is a thin layer over it; scripts
+(benchmarks, the CLI) use it directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+
+from mdevtest.errors import GuestError, MachineError
+from mdevtest.host import HostFacts, probe_host
+from mdevtest.inventory import HostPair, Inventory, KernelImage
+from mdevtest.qemu.cmdline import MachineSpec
+from mdevtest.qemu.machine import RemoteMachine, reap
+from mdevtest.remote import Remote, RemotePool
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """A bootable kernel + initrd on the controller, identified by a content digest."""
+
+    kernel: Path
+    initrd: Path
+    append: str
+    digest: str
+    description: str
+
+
+def new_run_id() -> str:
+    """Shared by all xdist workers of one run (so none reaps another's machines)."""
+    return os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:12]
+
+
+class Testbed:
+    """Everything one session needs to start guests on the inventory's hosts."""
+
+    def __init__(self, inventory: Inventory, *, run_id: str | None = None) -> None:
+        self.inventory = inventory
+        self.run_id = run_id or new_run_id()
+        self.pool = RemotePool(inventory.hosts)
+        self._facts: dict[str, HostFacts] = {}
+        self._image: ImageFiles | None = None
+        self._uploaded: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._serial = 0
+
+    def remote(self, host: str) -> Remote:
+        return self.pool[host]
+
+    def facts(self, host: str) -> HostFacts:
+        """Probe a host once per session."""
+        with self._lock:
+            if host not in self._facts:
+                self._facts[host] = probe_host(self.remote(host))
+            return self._facts[host]
+
+    def reap(self) -> dict[str, list[str]]:
+        """Kill and remove machines earlier runs left on every host."""
+        return {h.name: reap(self.remote(h.name), keep_run=self.run_id) for h in self.inventory.hosts}
+
+    # -- images ----------------------------------------------------------------------------------
+
+    def image(self) -> ImageFiles:
+        """The guest image on the controller (built and cached for the local lab)."""
+        if self._image is None:
+            spec = self.inventory.guest.image
+            if spec.kind == "lab-synthetic":
+                from mdevtest.lab.image import DEFAULT_CACHE_DIR, build_guest_image
+
+                built = build_guest_image(DEFAULT_CACHE_DIR)
+                self._image = ImageFiles(
+                    built.kernel, built.initrd, built.append, built.digest,
+                    f"mdevtest synthetic image {built.digest} (kernel {built.kernel_version})",
+                )  # fmt: skip
+            elif isinstance(spec, KernelImage):
+                digest = hashlib.sha256()
+                for path in (spec.kernel, spec.initrd):
+                    digest.update(Path(path).read_bytes())
+                self._image = ImageFiles(
+                    Path(spec.kernel), Path(spec.initrd), spec.append, digest.hexdigest()[:16],
+                    f"kernel {spec.kernel} + initrd {spec.initrd}",
+                )  # fmt: skip
+            else:
+                raise MachineError(
+                    f"{self.inventory.source_path}: guest.image.kind {spec.kind!r} is not "
+                    "supported yet; use 'lab-synthetic' or 'kernel'"
+                )
+        return self._image
+
+    def image_on(self, host: str) -> tuple[str, str]:
+        """Kernel and initrd paths on ``host``, uploading them once if the host lacks them."""
+        image = self.image()
+        remote = self.remote(host)
+        base = f"{remote.host.state_dir}/images/{image.digest}"
+        kernel, initrd = f"{base}/vmlinuz", f"{base}/initrd.img"
+        with self._lock:
+            if (host, image.digest) not in self._uploaded:
+                present = remote.run_shell(
+                    f"test -s {shlex.quote(kernel)} && test -s {shlex.quote(initrd)}", timeout=30
+                )
+                if present.rc != 0:
+                    remote.check(["mkdir", "-p", base], timeout=30)
+                    remote.put(image.kernel, kernel, timeout=300)
+                    remote.put(image.initrd, initrd, timeout=300)
+                self._uploaded.add((host, image.digest))
+        return kernel, initrd
+
+    # -- machines --------------------------------------------------------------------------------
+
+    def machine_spec(self, host: str, *, name: str) -> MachineSpec:
+        guest = self.inventory.guest
+        kernel, initrd = self.image_on(host)
+        append = " ".join(x for x in (self.image().append, guest.extra_append) if x)
+        return MachineSpec(
+            name=name,
+            memory_mib=guest.memory_mib,
+            vcpus=guest.vcpus,
+            kernel=kernel,
+            initrd=initrd,
+            append=append,
+            accel=self.facts(host).accel,
+        )
+
+    def next_name(self, role: str) -> str:
+        with self._lock:
+            self._serial += 1
+            return f"{role}{self._serial}"
+
+    def start_source(self, pair: HostPair) -> RemoteMachine:
+        """Start the guest on the pair's source and wait until its workload reports READY."""
+        spec = self.machine_spec(pair.source, name=self.next_name("vm"))
+        machine = RemoteMachine(self.remote(pair.source), spec, run_id=self.run_id)
+        try:
+            machine.start()
+            wait_ready(machine, timeout=self.inventory.guest.boot_timeout_s)
+        except BaseException:
+            machine.shutdown()
+            raise
+        return machine
+
+    def start_destination(self, pair: HostPair, source: RemoteMachine) -> RemoteMachine:
+        """Start the same device model on the pair's destination, waiting for ``-incoming``."""
+        facts_src, facts_dst = self.facts(pair.source), self.facts(pair.destination)
+        if facts_src.accel != facts_dst.accel:
+            raise MachineError(
+                f"{pair.id}: source runs {facts_src.accel}, destination {facts_dst.accel}; "
+                "set the same `accel` on both hosts in the inventory"
+            )
+        kernel, initrd = self.image_on(pair.destination)
+        spec = replace(source.spec.as_destination(), kernel=kernel, initrd=initrd)
+        machine = RemoteMachine(self.remote(pair.destination), spec, run_id=self.run_id)
+        try:
+            machine.start()
+        except BaseException:
+            machine.shutdown()
+            raise
+        return machine
+
+    @staticmethod
+    def migration_uri(pair: HostPair) -> str:
+        address = pair.migration_address
+        if ":" in address:  # IPv6 literal
+            address = f"[{address}]"
+        return f"tcp:{address}:{pair.migration_port}"
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def wait_ready(machine: RemoteMachine, *, timeout: float, marker: str = "MDT-READY") -> float:
+    """Wait until the guest's console shows ``marker``; return seconds since QEMU started."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if marker in machine.serial_log():
+            started = machine.started_at or time.monotonic()
+            return time.monotonic() - started
+        if not machine.is_alive():
+            raise GuestError(f"{machine.label}: QEMU exited during boot; log: {machine.log_tail()}")
+        if time.monotonic() > deadline:
+            tail = machine.serial_log()[-1500:]
+            raise GuestError(
+                f"{machine.label}: guest not ready ({marker}) within {timeout:g} s; "
+                f"console tail:\n{tail}"
+            )
+        time.sleep(0.5)

@@ -1,0 +1,54 @@
+"""The basic suite, run through the installed plugin exactly as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_basic_suite_passes_and_writes_reports(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    reports = tmp_path / "reports"
+    result = pytester.runpytest_subprocess(
+        str(REPO / "suites" / "test_migration_basic.py"),
+        "--rootdir",
+        str(REPO),
+        "--inventory",
+        str(REPO / "inventory" / "local-lab.yaml"),
+        "--mdevtest-pairs",
+        "host-a->host-b",
+        "--mdevtest-report-dir",
+        str(reports),
+        "-p",
+        "no:cacheprovider",
+        "-v",
+        timeout=900,
+    )
+    result.stdout.fnmatch_lines(["*test_live_migration?host-a->host-b? PASSED*"])
+    result.assert_outcomes(passed=1)
+
+    summary = json.loads((reports / "summary.json").read_text())
+    (entry,) = summary["migrations"]
+    assert entry["test_id"].endswith("test_live_migration[host-a->host-b]")
+    assert (entry["source"], entry["destination"], entry["status"]) == ("host-a", "host-b", "completed")
+    for key in ("total_time_ms", "setup_time_ms", "downtime_ms", "ram_transferred_bytes"):
+        assert isinstance(entry[key], int), key
+        assert key in entry["methods"]
+    assert entry["vfio_transferred_bytes"] is None
+    assert entry["checks"]["heartbeat"]["status"] == "passed"
+
+    results = list((reports / "allure-results").glob("*-result.json"))
+    assert results, "allure-pytest wrote no results"
+    attachments = {a["name"] for r in results for a in _walk_attachments(json.loads(r.read_text()))}
+    assert "query-migrate (final)" in attachments
+    assert any(name.startswith("console ") for name in attachments)
+
+
+def _walk_attachments(node: dict[str, object]) -> list[dict[str, str]]:
+    found = list(node.get("attachments", []))  # type: ignore[call-overload]
+    for step in node.get("steps", []):  # type: ignore[attr-defined]
+        found += _walk_attachments(step)
+    return found
