@@ -171,6 +171,9 @@ class Host(_Model):
     state_dir: Annotated[str, AfterValidator(_check_remote_abspath)] = "/var/lib/mdevtest"
     """Absolute path on the host (a ``str``: it is remote) for sockets, logs and leases."""
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    sysfs_root: Annotated[str, AfterValidator(_check_remote_abspath)] = "/"
+    """Where the host's ``/sys`` is looked up (``/`` on real hosts; the local lab's simulated
+    vGPU parent lives under the host's state dir)."""
 
 
 class VgpuSpec(_Model):

@@ -45,6 +45,8 @@ def new_run_id() -> str:
 class Testbed:
     """Everything one session needs to start guests on the inventory's hosts."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     def __init__(self, inventory: Inventory, *, run_id: str | None = None) -> None:
         self.inventory = inventory
         self.run_id = run_id or new_run_id()

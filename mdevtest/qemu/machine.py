@@ -28,6 +28,15 @@ def vms_dir(host: Host) -> str:
     return f"{host.state_dir}/vms"
 
 
+def alive_test(pid: int | str) -> str:
+    """A shell test that is true while ``pid`` runs (a zombie counts as gone)."""
+    return f"[ -d /proc/{pid} ] && ! grep -q '^State:.*Z' /proc/{pid}/status 2>/dev/null"
+
+
+def process_alive(remote: Remote, pid: int) -> bool:
+    return remote.run_shell(alive_test(pid), timeout=10).rc == 0
+
+
 class RemoteMachine:
     """One QEMU on one host. Use as a context manager so it is always shut down."""
 
@@ -110,9 +119,7 @@ class RemoteMachine:
         return str(reply["status"])
 
     def is_alive(self) -> bool:
-        if self.pid is None:
-            return False
-        return self.remote.run(["kill", "-0", str(self.pid)], timeout=10).rc == 0
+        return self.pid is not None and process_alive(self.remote, self.pid)
 
     def serial_log(self) -> str:
         return self.remote.run(["cat", self.paths.serial_log], timeout=30).stdout
@@ -149,7 +156,7 @@ class RemoteMachine:
         if self.pid is not None:
             pid = str(self.pid)
             script = (
-                f"for i in $(seq 50); do kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done; "
+                f"for i in $(seq 50); do {alive_test(pid)} || exit 0; sleep 0.1; done; "
                 f"kill -9 {pid} 2>/dev/null; exit 0"
             )
             # An unreachable host is left to `mdevtest lab reap` / the next run's reaper.
@@ -187,6 +194,7 @@ for d in {TAG_PREFIX}*; do
   pid=$(cat "$d/qemu.pid" 2>/dev/null)
   if [ -n "$pid" ] && tr '\\0' ' ' </proc/$pid/cmdline 2>/dev/null | grep -q -- "-name $d"; then
     kill -9 "$pid" 2>/dev/null
+    for i in $(seq 50); do {alive_test("$pid")} || break; sleep 0.1; done
   fi
   rm -rf "$d"
   echo "$d"

@@ -10,6 +10,7 @@ them from :attr:`QmpSession.events` and puts them in the report.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -138,18 +139,24 @@ class QmpSession:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    async def _shutdown(self) -> None:
+        task, self._listener_task = self._listener_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._client.disconnect()
+
     def close(self) -> None:
         """Disconnect and stop the loop thread. Idempotent; never raises for a dead peer."""
         if self._closed:
             return
         self._closed = True
         try:
-            fut = asyncio.run_coroutine_threadsafe(self._client.disconnect(), self._loop)
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
             fut.result(5)
         except (QMPError, OSError, EOFError, FutureTimeout):
             pass  # the peer is gone already; nothing more to release on its side
-        if self._listener_task is not None:
-            self._loop.call_soon_threadsafe(self._listener_task.cancel)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():

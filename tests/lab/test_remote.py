@@ -43,11 +43,11 @@ def test_timeout_is_enforced_and_the_connection_survives(lab: Testbed) -> None:
     assert remote.check(["echo", "still here"]).stdout == "still here\n"
 
 
-HOSTILE = st.text(
-    alphabet=st.sampled_from([*"ab $`'\";&|<>(){}*?!\\\n\t#~", "$(touch /tmp/pwned)"]),
+HOSTILE = st.lists(
+    st.sampled_from([*"ab $`'\";&|<>(){}*?!\\\n\t#~", "$(touch /tmp/pwned)", "; rm -rf /tmp/x"]),
     min_size=1,
-    max_size=40,
-)
+    max_size=30,
+).map("".join)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -42,13 +42,23 @@ def test_basic_suite_passes_and_writes_reports(pytester: pytest.Pytester, tmp_pa
 
     results = list((reports / "allure-results").glob("*-result.json"))
     assert results, "allure-pytest wrote no results"
-    attachments = {a["name"] for r in results for a in _walk_attachments(json.loads(r.read_text()))}
+    # Test-body attachments live in the result files, fixture teardown ones in the containers.
+    files = [*results, *(reports / "allure-results").glob("*-container.json")]
+    attachments = {a["name"] for f in files for a in _walk_attachments(json.loads(f.read_text()))}
     assert "query-migrate (final)" in attachments
-    assert any(name.startswith("console ") for name in attachments)
+    assert any(name.startswith("console host-a/") for name in attachments)
+    assert any(name.startswith("console host-b/") for name in attachments)
 
 
-def _walk_attachments(node: dict[str, object]) -> list[dict[str, str]]:
-    found = list(node.get("attachments", []))  # type: ignore[call-overload]
-    for step in node.get("steps", []):  # type: ignore[attr-defined]
-        found += _walk_attachments(step)
+def _walk_attachments(node: object) -> list[dict[str, str]]:
+    """Every attachment record anywhere in an Allure JSON document."""
+    found: list[dict[str, str]] = []
+    if isinstance(node, dict):
+        found += node.get("attachments", [])
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                found += _walk_attachments(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _walk_attachments(value)
     return found
