@@ -38,10 +38,16 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
     if state.inventory is None:
         pytest.fail(state.inventory_problem or "no inventory", pytrace=False)
     inventory = state.inventory
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    plugins = request.config.pluginmanager
+    reporter = plugins.get_plugin("terminalreporter")
+    capture = plugins.get_plugin("capturemanager")
 
     def progress(message: str) -> None:
-        if reporter is not None:
+        """Long lab steps are shown as they happen, past pytest's output capture."""
+        if reporter is None:
+            return
+        quiet = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+        with quiet:
             reporter.write_line(f"[mdevtest] {message}")
 
     with contextlib.ExitStack() as stack:
