@@ -52,8 +52,9 @@ def _frame_progress(machine: RemoteMachine) -> list[int]:
     """The display keeps rendering new frames on the destination (it is not frozen)."""
     from io import BytesIO
 
-    from mdevtest.workloads.synthetic import decode_frame_number
     from PIL import Image
+
+    from mdevtest.workloads.synthetic import decode_frame_number
 
     frames = []
     for _ in range(2):
