@@ -179,11 +179,13 @@ class Remote:
         limit = self.host.ssh.command_timeout_s if timeout is None else timeout
         if env:
             script = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + script
+        # The host enforces the limit too, so a command we gave up on does not live on there.
+        wrapped = f"timeout -k 5 {limit + 2:g} sh -c {shlex.quote(script)}"
         started = time.monotonic()
         for attempt in (1, 2):
             conn = self.connect()
             try:
-                res: Any = conn.run(script, hide=True, warn=True, timeout=limit, pty=False)
+                res: Any = conn.run(wrapped, hide=True, warn=True, timeout=limit, pty=False)
                 break
             except InvokeTimedOut as exc:
                 raise CommandTimedOut(self.name, script, limit) from exc

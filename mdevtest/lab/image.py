@@ -2,7 +2,8 @@
 
 :func:`build_guest_image` turns Debian's packaged kernel, busybox-static, the init script and the
 synthetic workload (``workloads/synthetic/``) into a ``vmlinuz`` + ``initrd.img`` pair that boots
-in plain QEMU (``-kernel``/``-initrd``), with no disk.
+in plain QEMU (``-kernel``/``-initrd``), with no boot disk (an optional read-only pattern disk
+feeds the workload's DMA probe; see :func:`mdevtest.workloads.synthetic.write_pattern_disk`).
 
 What it guarantees:
 
@@ -46,21 +47,25 @@ from mdevtest.errors import LabError
 DEFAULT_CACHE_DIR = Path("/var/cache/mdevtest")
 
 #: Bump when the way an image is put together changes, so cached images are rebuilt.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 #: The metapackage whose dependency names the kernel to use (the regular flavour: it has the
 #: display drivers that the cloud flavour leaves out).
 KERNEL_METAPACKAGE = "linux-image-amd64"
 
 #: Modules the guest loads, in this order, each after its dependencies: the std-VGA display
-#: (bochs DRM driver: /dev/dri/card0, and /dev/fb0 by fbdev emulation) and a virtio-net NIC.
-MODULES: tuple[str, ...] = ("bochs", "virtio_pci", "virtio_net")
+#: (bochs DRM driver: /dev/dri/card0, and /dev/fb0 by fbdev emulation), a virtio-net NIC and
+#: virtio-blk for the read-only pattern disk that the workload's DMA reader uses (``/dev/vda``).
+MODULES: tuple[str, ...] = ("bochs", "virtio_pci", "virtio_net", "virtio_blk")
 
 #: Parameters given to ``insmod`` per module (module name: "key=value ..."); none needed now.
 MODULE_PARAMS: Mapping[str, str] = {}
 
 #: The kernel command line the image needs; callers append their own (``mdt.*`` options).
-BASE_APPEND = "console=ttyS0,115200 panic=-1"
+#: ``iomem=relaxed`` lets the workload map the display's BAR 0 read-only (the kernel's strict
+#: /dev/mem rules refuse mapping a BAR a driver claimed), to show that its device-memory pattern
+#: really is in video memory.
+BASE_APPEND = "console=ttyS0,115200 panic=-1 iomem=relaxed"
 
 #: Where the guest-side sources live in a source checkout.
 DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[2] / "workloads" / "synthetic"

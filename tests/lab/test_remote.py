@@ -39,8 +39,12 @@ def test_check_names_host_command_rc_and_stderr(lab: Testbed) -> None:
 def test_timeout_is_enforced_and_the_connection_survives(lab: Testbed) -> None:
     remote = lab.remote("host-a")
     with pytest.raises(CommandTimedOut):
-        remote.run(["sleep", "30"], timeout=1)
+        remote.run(["sleep", "31.5"], timeout=1)
     assert remote.check(["echo", "still here"]).stdout == "still here\n"
+    # ... and the host killed what we gave up on (within its own grace period).
+    remote.check_shell(
+        "for i in $(seq 100); do pgrep -f 'slee[p] 31.5' || exit 0; sleep 0.1; done; exit 1"
+    )
 
 
 HOSTILE = st.lists(
