@@ -196,6 +196,8 @@ class Migrator:
                 self._cancel(info)
             time.sleep(self.policy.poll_interval_s)
         wall_ms = (time.monotonic() - started) * 1000
+        if status == "completed":
+            info = self._settled(info)
         self._result = self._make_result(info, timeline, wall_ms, src.qmp.events[first_event:])
         self._state = status
         if status == "failed":
@@ -209,6 +211,23 @@ class Migrator:
             raise MigrationError(f"{src.label} -> {dst.label}: migration was cancelled")
         self._wait_destination_running()
         return self._result
+
+    def _settled(self, info: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        """The final figures, once QEMU has computed them.
+
+        QEMU sets ``completed`` a moment before it computes ``total-time`` and ``downtime`` (seen on
+        7.2): a reply from that window reports both as 0. Re-query until ``total-time`` is set.
+        """
+        deadline = time.monotonic() + timeout
+        while not info.get("total-time") and time.monotonic() < deadline:
+            time.sleep(0.02)
+            info = self.source.qmp.execute("query-migrate")
+        if not info.get("total-time"):
+            raise MigrationError(
+                f"{self.source.label}: migration completed but QEMU reported no total-time "
+                f"within {timeout:g} s: {info}"
+            )
+        return info
 
     def _cancel(self, info: dict[str, Any]) -> None:
         src = self.source

@@ -1,0 +1,109 @@
+"""The Migrator's state machine against scripted QMP peers (no QEMU)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from mdevtest.errors import MigrationBlocked, MigrationFailed, MigrationTimedOut, StateError
+from mdevtest.migration import MigrationPolicy, Migrator
+from mdevtest.qemu.machine import RemoteMachine
+from mdevtest.qemu.qmp import QmpEvent
+
+
+@dataclass
+class FakeQmp:
+    """Answers query-migrate from a script; records every command sent."""
+
+    script: Iterator[dict[str, Any]] = field(default_factory=lambda: iter([]))
+    sent: list[tuple[str, dict[str, Any] | None]] = field(default_factory=list)
+    events: list[QmpEvent] = field(default_factory=list)
+    status: str = "running"
+    last: dict[str, Any] = field(default_factory=lambda: {"status": "none"})
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, **_: Any) -> Any:
+        self.sent.append((command, arguments))
+        if command == "query-migrate":
+            self.last = next(self.script, self.last)
+            return self.last
+        if command == "query-status":
+            return {"status": self.status}
+        return {}
+
+    def event_count(self) -> int:
+        return len(self.events)
+
+
+@dataclass
+class FakeMachine:
+    label: str
+    qmp: FakeQmp
+
+    @property
+    def host(self) -> Any:
+        return type("H", (), {"name": self.label})()
+
+    def status(self) -> str:
+        return str(self.qmp.execute("query-status")["status"])
+
+
+def _pair(script: list[dict[str, Any]]) -> tuple[FakeMachine, FakeMachine]:
+    return FakeMachine("src", FakeQmp(iter(script))), FakeMachine("dst", FakeQmp())
+
+
+def _migrator(src: FakeMachine, dst: FakeMachine, **policy: Any) -> Migrator:
+    return Migrator(
+        cast(RemoteMachine, src),
+        cast(RemoteMachine, dst),
+        uri="tcp:198.18.1.12:4444",
+        policy=MigrationPolicy(poll_interval_s=0, **policy),
+    )
+
+
+def test_waits_for_qemu_to_compute_the_final_figures() -> None:
+    src, dst = _pair(
+        [
+            {"status": "none"},  # blocked-reasons probe
+            {"status": "setup"},
+            {"status": "active", "ram": {"remaining": 10}},
+            {"status": "completed", "total-time": 0, "downtime": 0},  # QEMU 7.2's window
+            {"status": "completed", "total-time": 716, "downtime": 14, "setup-time": 1,
+             "ram": {"transferred": 100, "total": 200, "dirty-sync-count": 3}},
+        ]
+    )  # fmt: skip
+    result = _migrator(src, dst).run()
+    assert (result.total_time_ms, result.downtime_ms, result.passes) == (716, 14, 3)
+    assert [p.status for p in result.timeline] == ["setup", "active", "completed"]
+    assert ("migrate-incoming", {"uri": "tcp:198.18.1.12:4444"}) in dst.qmp.sent
+    caps = [a for c, a in src.qmp.sent + dst.qmp.sent if c == "migrate-set-capabilities"]
+    assert caps == [{"capabilities": [{"capability": "events", "state": True}]}] * 2
+
+
+def test_blocked_source_never_starts_the_migration() -> None:
+    src, dst = _pair([{"status": "none", "blocked-reasons": ["VFIO device doesn't support migration"]}])
+    with pytest.raises(MigrationBlocked, match="VFIO device doesn't support migration"):
+        _migrator(src, dst).run()
+    assert "migrate" not in [c for c, _ in src.qmp.sent]
+
+
+def test_failure_reports_error_desc_and_checks_the_source_runs() -> None:
+    src, dst = _pair([{"status": "none"}, {"status": "failed", "error-desc": "Connection refused"}])
+    with pytest.raises(MigrationFailed, match="Connection refused"):
+        _migrator(src, dst).run()
+    assert "query-status" in [c for c, _ in src.qmp.sent]
+
+
+def test_timeout_cancels_and_requires_the_source_running() -> None:
+    src, dst = _pair([{"status": "none"}] + [{"status": "active"}] * 3 + [{"status": "cancelled"}])
+    with pytest.raises(MigrationTimedOut, match="cancelled, source is running again"):
+        _migrator(src, dst, timeout_s=0).run()
+    assert "migrate_cancel" in [c for c, _ in src.qmp.sent]
+
+
+def test_result_before_run_is_a_state_error() -> None:
+    src, dst = _pair([])
+    with pytest.raises(StateError, match="no result yet"):
+        _ = _migrator(src, dst).result
