@@ -23,6 +23,9 @@ LAB_PACKAGES: tuple[str, ...] = (
     "kmod",  # modinfo for the guest's module list
     "xz-utils",
     "zstd",
+    "libfuse3-3",  # the simulated vGPU parent's FUSE sysfs
+    "mdevctl",  # cross-checks the simulated mdev tree with the real tool
+    "util-linux",  # unshare, flock, findmnt
 )
 
 _APT_TIMEOUT_S = 1800.0
