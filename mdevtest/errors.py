@@ -13,6 +13,7 @@ CLI, the pytest plugin) can tell "the lab or the input is wrong" from "mdevtest 
      +-- QmpError                  a QMP command failed or timed out (command, arguments, reply)
      +-- MachineError              a remote QEMU could not be started or stopped
      +-- MdevError                 mdev lifecycle (host, parent, type, value)
+     +-- PreflightFailed           a host pair is not fit for the test (every reason listed)
      +-- GuestError                the guest did not boot or its console says something is wrong
      +-- MigrationError            the migration flow
      |    +-- MigrationFailed      QEMU reported ``failed`` (with ``error-desc``)
@@ -105,6 +106,15 @@ class MachineError(MdevtestError):
 
 class MdevError(MdevtestError):
     """A mediated device could not be discovered, created or removed."""
+
+
+class PreflightFailed(MdevtestError):
+    """A host pair failed its preflight: the test cannot meaningfully run on it."""
+
+    def __init__(self, pair: str, reasons: Sequence[str]) -> None:
+        self.pair = pair
+        self.reasons = tuple(reasons)
+        super().__init__(f"{pair}: preflight failed: " + "; ".join(self.reasons))
 
 
 class GuestError(MdevtestError):

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 from dataclasses import dataclass
+from typing import Any
 
+from mdevtest.errors import RemoteError
 from mdevtest.qemu.cmdline import Accel
 from mdevtest.remote import Remote
+from mdevtest.vendors import QemuCaps
 
 _KVM_PROBE_S = 3
 
@@ -17,6 +22,7 @@ class HostFacts:
     qemu_version: str
     accel: Accel
     accel_reason: str
+    qemu_caps: QemuCaps
 
 
 def probe_accel(remote: Remote) -> tuple[Accel, str]:
@@ -42,11 +48,45 @@ def probe_accel(remote: Remote) -> tuple[Accel, str]:
     return "tcg", f"KVM probe guest failed: {reason[0]}"
 
 
+_HELP_MARK = "=====mdevtest-device-help====="
+
+
+def probe_qemu_caps(remote: Remote, *, timeout: float = 60.0) -> QemuCaps:
+    """What this host's QEMU supports, from its own answers (one SSH round trip).
+
+    ``query-version`` and ``query-qmp-schema`` from a QEMU started with ``-machine none`` and QMP on
+    stdio, and the ``vfio-pci`` property list from ``-device vfio-pci,help``.
+    """
+    qemu = shlex.quote(remote.host.qemu_binary)
+    commands = " ".join(
+        shlex.quote(json.dumps({"execute": c}))
+        for c in ("qmp_capabilities", "query-version", "query-qmp-schema", "quit")
+    )
+    script = (
+        f"printf '%s\\n' {commands} | timeout 30 {qemu} -machine none -nodefaults -display none "
+        f"-qmp stdio; echo {_HELP_MARK}; timeout 30 {qemu} -device vfio-pci,help 2>&1; true"
+    )
+    out = remote.check_shell(script, timeout=timeout).stdout
+    qmp_text, _, help_text = out.partition(_HELP_MARK)
+    replies: list[Any] = []
+    for raw in qmp_text.splitlines():
+        line = raw.strip()
+        if line.startswith("{"):
+            message = json.loads(line)
+            if "return" in message:
+                replies.append(message["return"])
+    version = next((r for r in replies if isinstance(r, dict) and "qemu" in r), None)
+    schema = next((r for r in replies if isinstance(r, list)), None)
+    if version is None or schema is None:
+        raise RemoteError(
+            remote.name, f"cannot probe {remote.host.qemu_binary} over QMP: {qmp_text[-400:]!r}"
+        )
+    return QemuCaps.from_probe(version, help_text, schema)
+
+
 def probe_host(remote: Remote) -> HostFacts:
-    """Kernel, QEMU version and accelerator of one host (a few SSH round trips)."""
+    """Kernel, QEMU capabilities and accelerator of one host (a few SSH round trips)."""
     kernel = remote.check(["uname", "-r"], timeout=10).stdout.strip()
-    version = remote.check([remote.host.qemu_binary, "--version"], timeout=30).stdout
-    first = version.splitlines()[0] if version else ""
-    qemu_version = first.split("version", 1)[-1].strip().split()[0] if "version" in first else first
+    caps = probe_qemu_caps(remote)
     accel, why = probe_accel(remote)
-    return HostFacts(remote.host.name, kernel, qemu_version, accel, why)
+    return HostFacts(remote.host.name, kernel, caps.version_text, accel, why, caps)

@@ -8,22 +8,36 @@ matching source/destination machines for a pair. The pytest plugin is a thin lay
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from mdevtest.errors import GuestError, MachineError
+from mdevtest.errors import GuestError, MachineError, MdevtestError
 from mdevtest.host import HostFacts, probe_host
 from mdevtest.inventory import HostPair, Inventory, KernelImage
+from mdevtest.mdev import MdevInstance, MdevManager
 from mdevtest.qemu.cmdline import MachineSpec
 from mdevtest.qemu.machine import RemoteMachine, reap
 from mdevtest.remote import Remote, RemotePool
+from mdevtest.vendors import get_profile
+
+
+@dataclass(frozen=True)
+class VgpuAllocation:
+    """An mdev this session created for one machine (removed when the machine is released)."""
+
+    host: str
+    instance: MdevInstance
+    sysfs_path: str
+    vendor: str
+    simulated: bool
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,7 @@ class Testbed:
         self._uploaded: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._serial = 0
+        self.vgpus: dict[str, VgpuAllocation] = {}  # machine tag -> its mdev
 
     def remote(self, host: str) -> Remote:
         return self.pool[host]
@@ -67,9 +82,24 @@ class Testbed:
                 self._facts[host] = probe_host(self.remote(host))
             return self._facts[host]
 
+    def mdevs(self, host: str, pair: HostPair | None = None) -> MdevManager:
+        """The mdev manager of ``host`` (mdevctl when the pair's vGPU spec asks for it)."""
+        remote = self.remote(host)
+        use_mdevctl = bool(pair and pair.vgpu and pair.vgpu.use_mdevctl)
+        return MdevManager(
+            remote,
+            sysfs_root=remote.host.sysfs_root,
+            use_mdevctl=use_mdevctl,
+            state_dir=remote.host.state_dir,
+        )
+
     def reap(self) -> dict[str, list[str]]:
-        """Kill and remove machines earlier runs left on every host."""
-        return {h.name: reap(self.remote(h.name), keep_run=self.run_id) for h in self.inventory.hosts}
+        """Kill machines and remove mdevs that earlier runs left on every host (ours only)."""
+        reaped: dict[str, list[str]] = {}
+        for h in self.inventory.hosts:
+            reaped[h.name] = reap(self.remote(h.name), keep_run=self.run_id)
+            reaped[h.name] += [f"mdev {u}" for u in self.mdevs(h.name).reap(keep_owner=self.run_id)]
+        return reaped
 
     # -- images ----------------------------------------------------------------------------------
 
@@ -120,10 +150,14 @@ class Testbed:
 
     # -- machines --------------------------------------------------------------------------------
 
-    def machine_spec(self, host: str, *, name: str) -> MachineSpec:
+    def machine_spec(self, host: str, *, name: str, vgpu: VgpuAllocation | None = None) -> MachineSpec:
         guest = self.inventory.guest
         kernel, initrd = self.image_on(host)
         append = " ".join(x for x in (self.image().append, guest.extra_append) if x)
+        extra: tuple[str, ...] = ()
+        if vgpu is not None:
+            profile = get_profile(vgpu.vendor)
+            extra = tuple(profile.qemu_device_args(vgpu.sysfs_path, self.facts(host).qemu_caps))
         return MachineSpec(
             name=name,
             memory_mib=guest.memory_mib,
@@ -132,7 +166,36 @@ class Testbed:
             initrd=initrd,
             append=append,
             accel=self.facts(host).accel,
+            extra_args=extra,
         )
+
+    def allocate_vgpu(
+        self, pair: HostPair, host: str, *, uuid: str | None = None
+    ) -> VgpuAllocation | None:
+        """Create the pair's vGPU on ``host`` (same UUID on both sides, as libvirt expects)."""
+        if pair.vgpu is None:
+            return None
+        manager = self.mdevs(host, pair)
+        instance = manager.create(pair.vgpu.type, parent=pair.vgpu.parent, uuid=uuid, owner=self.run_id)
+        return VgpuAllocation(
+            host=host,
+            instance=instance,
+            sysfs_path=manager.sysfs_path(instance.uuid),
+            vendor=pair.vgpu.vendor,
+            simulated=get_profile(pair.vgpu.vendor).simulated,
+        )
+
+    def release_vgpu(self, vgpu: VgpuAllocation) -> None:
+        self.mdevs(vgpu.host).remove(vgpu.instance.uuid, missing_ok=True)
+
+    def release(self, machine: RemoteMachine) -> None:
+        """Stop a machine, remove its files and its mdev. Idempotent; keeps going past errors."""
+        machine.shutdown()
+        with contextlib.suppress(MdevtestError):
+            machine.remove_files()
+        vgpu = self.vgpus.pop(machine.tag, None)
+        if vgpu is not None:
+            self.release_vgpu(vgpu)
 
     def next_name(self, role: str) -> str:
         with self._lock:
@@ -141,14 +204,31 @@ class Testbed:
 
     def start_source(self, pair: HostPair) -> RemoteMachine:
         """Start the guest on the pair's source and wait until its workload reports READY."""
-        spec = self.machine_spec(pair.source, name=self.next_name("vm"))
-        machine = RemoteMachine(self.remote(pair.source), spec, run_id=self.run_id)
+        vgpu = self.allocate_vgpu(pair, pair.source)
+        machine = self._machine(pair.source, vgpu, name=self.next_name("vm"))
         try:
             machine.start()
             wait_ready(machine, timeout=self.inventory.guest.boot_timeout_s)
         except BaseException:
-            machine.shutdown()
+            self.release(machine)
             raise
+        return machine
+
+    def _machine(
+        self, host: str, vgpu: VgpuAllocation | None, *, name: str, incoming: bool = False
+    ) -> RemoteMachine:
+        """A machine object owning ``vgpu`` (released with it); the mdev goes if this fails."""
+        try:
+            spec = self.machine_spec(host, name=name, vgpu=vgpu)
+            if incoming:
+                spec = spec.as_destination()
+            machine = RemoteMachine(self.remote(host), spec, run_id=self.run_id)
+        except BaseException:
+            if vgpu is not None:
+                self.release_vgpu(vgpu)
+            raise
+        if vgpu is not None:
+            self.vgpus[machine.tag] = vgpu
         return machine
 
     def start_destination(self, pair: HostPair, source: RemoteMachine) -> RemoteMachine:
@@ -159,13 +239,16 @@ class Testbed:
                 f"{pair.id}: source runs {facts_src.accel}, destination {facts_dst.accel}; "
                 "set the same `accel` on both hosts in the inventory"
             )
-        kernel, initrd = self.image_on(pair.destination)
-        spec = replace(source.spec.as_destination(), kernel=kernel, initrd=initrd)
-        machine = RemoteMachine(self.remote(pair.destination), spec, run_id=self.run_id)
+        src_vgpu = self.vgpus.get(source.tag)
+        # The destination's mdev must exist before QEMU starts with -incoming.
+        vgpu = self.allocate_vgpu(
+            pair, pair.destination, uuid=src_vgpu.instance.uuid if src_vgpu else None
+        )
+        machine = self._machine(pair.destination, vgpu, name=f"{source.spec.name}-in", incoming=True)
         try:
             machine.start()
         except BaseException:
-            machine.shutdown()
+            self.release(machine)
             raise
         return machine
 

@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class LabHost:
     mgmt_address: str
     mig_address: str | None
     state_dir: Path
+    sysfs_root: Path | None  # the simulated vGPU parent's tree; None on hosts with a real /sys
 
     @property
     def netns(self) -> str:
@@ -102,6 +104,10 @@ class LabHost:
     def host_key(self) -> Path:
         return self.state_dir / "ssh_host_ed25519_key"
 
+    @property
+    def simsysfs_pidfile(self) -> Path:
+        return self.state_dir / "simsysfs.pid"
+
 
 @dataclass(frozen=True)
 class HostStatus:
@@ -110,10 +116,12 @@ class HostStatus:
     sshd_pid: int | None
     ssh_port_open: bool
     processes: int
+    vgpu_sim: bool | None  # simulated vGPU parent mounted (None: the host has a real /sys)
 
     @property
     def up(self) -> bool:
-        return self.netns and self.sshd_pid is not None and self.ssh_port_open
+        sim_ok = self.vgpu_sim is not False
+        return self.netns and self.sshd_pid is not None and self.ssh_port_open and sim_ok
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,7 @@ class LabStatus:
                 f"  {h.name}: netns={'yes' if h.netns else 'no'} "
                 f"sshd={h.sshd_pid or '-'} ssh-port={'open' if h.ssh_port_open else 'closed'} "
                 f"processes={h.processes}"
+                + ("" if h.vgpu_sim is None else f" simulated-vgpu={'mounted' if h.vgpu_sim else 'no'}")
             )
         return "\n".join(lines)
 
@@ -181,6 +190,7 @@ class LocalLab:
                 mgmt_address=host.address,
                 mig_address=mig.get(host.name),
                 state_dir=Path(host.state_dir),
+                sysfs_root=None if host.sysfs_root == "/" else Path(host.sysfs_root),
             )
 
     @property
@@ -227,6 +237,7 @@ class LocalLab:
                     sshd_pid=pid,
                     ssh_port_open=has_ns and _port_open(h.mgmt_address, 22, 1.0),
                     processes=len(_netns_pids(h.netns)) if has_ns else 0,
+                    vgpu_sim=None if h.sysfs_root is None else _is_mountpoint(h.sysfs_root / "sys"),
                 )
             )
         bridges = tuple(b for b in (MGMT_BRIDGE, MIG_BRIDGE) if b in links)
@@ -249,7 +260,10 @@ class LocalLab:
                 self._make_files()
                 self._make_network()
                 for host in self.hosts:
-                    self._start_sshd(host)
+                    # sshd's namespace copies the mounts present when it starts (mounts made later
+                    # in the root namespace do not propagate), so the simulated sysfs comes first.
+                    remounted = self._start_simulated_vgpu(host, progress)
+                    self._start_sshd(host, restart=remounted)
                 self._write_known_hosts()
                 self._wait_ssh()
         if build_image and self.inventory.guest.image.kind == "lab-synthetic":
@@ -348,12 +362,23 @@ class LocalLab:
                 sh([*nsx, "addr", "replace", f"{addr}/{_PREFIXLEN}", "dev", inner])
                 sh([*nsx, "link", "set", inner, "up"])
 
-    def _start_sshd(self, h: LabHost) -> None:
-        if _pid_if_ours(h.sshd_pidfile, str(h.sshd_config)) is not None:
+    def _start_sshd(self, h: LabHost, *, restart: bool = False) -> None:
+        pid = _pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
+        if pid is not None and restart:
+            _terminate({pid})
+        elif pid is not None:
             return
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         sh(["ip", "netns", "exec", h.netns, SSHD, "-f", str(h.sshd_config),
             "-E", str(h.state_dir / "sshd.log")])  # fmt: skip
+
+    def _start_simulated_vgpu(self, h: LabHost, progress: Progress) -> bool:
+        """Mount the simulated GVT-g-like parent at the host's sysfs root; True if (re)mounted."""
+        if h.sysfs_root is None or _is_mountpoint(h.sysfs_root / "sys"):
+            return False
+        progress(f"{h.name}: simulated vGPU parent at {h.sysfs_root}/sys")
+        _simsysfs(h, "--daemon")
+        return True
 
     def _write_known_hosts(self) -> None:
         lines = []
@@ -398,6 +423,15 @@ class LocalLab:
             for link in _list_links():
                 if link.startswith(LINK_PREFIX):
                     sh(["ip", "link", "del", link], check=False)
+            for h in self.hosts:
+                if h.sysfs_root is not None:
+                    _simsysfs(h, "--stop", check=False)
+            for mount in _mounts_under(self.state_dir):
+                progress(f"unmounting {mount}")
+                sh(["umount", "-l", mount], check=False)
+            if _mounts_under(self.state_dir):
+                raise LabError(f"mounts left under {self.state_dir}; not removing it: "
+                               f"{', '.join(_mounts_under(self.state_dir))}")  # fmt: skip
             if self.state_dir.exists():
                 shutil.rmtree(self.state_dir)
             for path in (self.key_file, Path(f"{self.key_file}.pub"), self.known_hosts):
@@ -429,6 +463,22 @@ def _list_links(netns: str | None = None) -> list[str]:
 def _netns_pids(netns: str) -> list[int]:
     out = sh(["ip", "netns", "pids", netns], check=False)
     return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _simsysfs(h: LabHost, action: str, *, check: bool = True) -> None:
+    """Start (``--daemon``) or stop (``--stop``) a host's simulated vGPU parent."""
+    sh([sys.executable, "-m", "mdevtest.lab.simsysfs", "--root", str(h.sysfs_root), action,
+        "--pidfile", str(h.simsysfs_pidfile)], timeout=60, check=check)  # fmt: skip
+
+
+def _mounts_under(path: Path) -> list[str]:
+    out = sh(["findmnt", "-rn", "-o", "TARGET"], check=False)
+    prefix = str(path).rstrip("/") + "/"
+    return sorted((m for m in out.split() if m.startswith(prefix)), reverse=True)
+
+
+def _is_mountpoint(path: Path) -> bool:
+    return str(path) in sh(["findmnt", "-rn", "-o", "TARGET"], check=False).split()
 
 
 def _cmdline(pid: int) -> str:

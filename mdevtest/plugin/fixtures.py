@@ -24,8 +24,9 @@ from mdevtest.plugin.hooks import CALL_REPORT, state_of
 if TYPE_CHECKING:
     from mdevtest.inventory import HostPair
     from mdevtest.migration import MigrationPolicy, MigrationResult
+    from mdevtest.preflight import PreflightReport
     from mdevtest.qemu.machine import RemoteMachine
-    from mdevtest.testbed import Testbed
+    from mdevtest.testbed import Testbed, VgpuAllocation
 
 
 @pytest.fixture(scope="session")
@@ -78,8 +79,27 @@ def pair(request: pytest.FixtureRequest) -> HostPair:
 
 
 @pytest.fixture
-def guest(lab: Testbed, pair: HostPair) -> Iterator[RemoteMachine]:
-    """The guest, booted on the pair's source and running its workload."""
+def preflight(request: pytest.FixtureRequest, lab: Testbed, pair: HostPair) -> PreflightReport:
+    """The pair's preflight; a failure fails (or, with --mdevtest-preflight=skip, skips) the test."""
+    from mdevtest.preflight import preflight_pair
+    from mdevtest.report.attach import attach_json
+
+    cross = request.node.get_closest_marker("cross_version") is not None
+    with allure.step(f"preflight {pair.id}"):
+        report = preflight_pair(lab, pair, cross_version=cross)
+        attach_json("preflight", report.to_json())
+    if not report.passed:
+        reasons = "; ".join(c.line() for c in report.failures)
+        message = f"{pair.id}: preflight failed: {reasons}"
+        if state_of(request.config).preflight == "skip":
+            pytest.skip(message)
+        pytest.fail(message, pytrace=False)
+    return report
+
+
+@pytest.fixture
+def guest(lab: Testbed, pair: HostPair, preflight: PreflightReport) -> Iterator[RemoteMachine]:
+    """The guest, booted on the pair's source (after preflight) and running its workload."""
     from mdevtest.report.attach import attach_text
 
     allure.dynamic.parameter("pair", pair.id)
@@ -95,9 +115,7 @@ def guest(lab: Testbed, pair: HostPair) -> Iterator[RemoteMachine]:
             with contextlib.suppress(MdevtestError):
                 attach_text(f"console {machine.label}", machine.serial_log())
                 attach_text(f"qemu log {machine.label}", machine.log_tail(200))
-            machine.shutdown()
-            with contextlib.suppress(MdevtestError):
-                machine.remove_files()
+            lab.release(machine)
 
 
 @dataclass
@@ -164,9 +182,11 @@ def migrate(
         with contextlib.suppress(MdevtestError):
             attach_text(f"console {outcome.destination.label}", outcome.destination.serial_log())
             attach_text(f"qemu log {outcome.destination.label}", outcome.destination.log_tail(200))
-        outcome.destination.shutdown()
-        with contextlib.suppress(MdevtestError):
-            outcome.destination.remove_files()
+        vgpus = {
+            role: lab.vgpus.get(m.tag)
+            for role, m in (("source", outcome.source), ("destination", outcome.destination))
+        }
+        lab.release(outcome.destination)
         if state.report_dir is not None and outcome.result is not None:
             src_facts, dst_facts = lab.facts(pair.source), lab.facts(pair.destination)
             extra = {
@@ -180,8 +200,22 @@ def migrate(
                     pair.destination: dst_facts.qemu_version,
                 },
                 "guest_image": lab.image().description,
-                "vgpu": None,
+                "vgpu": _vgpu_entry(pair, vgpus),
                 "checks": outcome.checks,
             }
             writer = SummaryWriter(state.report_dir, state.worker)
             writer.add(migration_entry(request.node.nodeid, outcome.result, extra=extra))
+
+
+def _vgpu_entry(pair: HostPair, vgpus: dict[str, VgpuAllocation | None]) -> dict[str, Any] | None:
+    """What the summary says about the vGPU: vendor, type, both UUIDs, simulated or real."""
+    if pair.vgpu is None:
+        return None
+    present = [v for v in vgpus.values() if v is not None]
+    return {
+        "vendor": pair.vgpu.vendor,
+        "type": pair.vgpu.type,
+        "parent": next((v.instance.parent for v in present), pair.vgpu.parent),
+        "simulated": any(v.simulated for v in present),
+        "mdev_uuids": {role: (v.instance.uuid if v else None) for role, v in vgpus.items()},
+    }

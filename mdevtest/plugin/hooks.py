@@ -27,6 +27,7 @@ class SessionState:
     inventory_problem: str | None
     report_dir: Path | None
     keep_lab: bool
+    preflight: str
     pair_filter: tuple[str, ...]
     worker: str
     is_controller: bool
@@ -65,6 +66,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="comma-separated host pair ids to run on, e.g. 'host-a->host-b' (default: all)",
     )
     group.addoption(
+        "--mdevtest-preflight",
+        dest="mdevtest_preflight",
+        choices=["fail", "skip"],
+        default="fail",
+        help="what a failed pair preflight does to a test (default: fail)",
+    )
+    group.addoption(
         "--mdevtest-keep-lab",
         dest="mdevtest_keep_lab",
         action="store_true",
@@ -97,6 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
         inventory_problem=problem,
         report_dir=Path(report_dir).resolve() if report_dir else None,
         keep_lab=bool(config.getoption("mdevtest_keep_lab")),
+        preflight=str(config.getoption("mdevtest_preflight")),
         pair_filter=tuple(p.strip() for p in config.getoption("mdevtest_pairs").split(",") if p),
         worker=worker,
         is_controller=worker == "main",
@@ -106,6 +115,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.allure_report_dir = str(state.report_dir / "allure-results")
         config.option.clean_alluredir = state.is_controller
     config.addinivalue_line("markers", "lab: needs the embedded local lab (root, namespaces)")
+    config.addinivalue_line(
+        "markers", "cross_version: the pair may run different QEMU / vendor-driver versions"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

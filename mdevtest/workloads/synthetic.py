@@ -6,8 +6,10 @@ console and draws numbered frames on the display; this module reads both. The co
 - ``MDT-NET iface=eth0 mode=dhcp addr=10.0.2.15/24``: init configured the network
   (``mode=none`` when off);
 - ``MDT-BOOT uptime_ms=2430``: init, the guest's uptime as it starts the workload;
-- ``MDT-READY fb=1280x800x32 stride=5120 buffers=2 api=drm fps=10 hb_ms=20 version=1``: the
-  workload is set up (``fb=none reason=<why>`` without a display); nothing of it comes before;
+- ``MDT-READY fb=1280x800x32 stride=5120 buffers=2 api=drm fps=10 hb_ms=20 ... version=2``: the
+  workload is set up (``fb=none reason=<why>`` without a display), with one group of fields per
+  probe (``vram_kib= vram_at=``, ``udp=``, ``dirty_mib=``, ``dma=``, ``ctl=``; a probe that is
+  off says ``<probe>_reason=<why>``); nothing of the workload comes before;
 - ``MDT-HB seq=<n> t=<CLOCK_MONOTONIC ns>``: every ``mdt.hb_ms`` ms, n = 1, 2, 3, ... with no gaps;
 - ``MDT-FRAME n=<frame> t=<ns> late=<count>``: once a second, the frame just put on screen;
 - ``MDT-WARN ...``, ``MDT-ERROR ...``, ``MDT-EXIT ...``: a problem; the workload ended.
@@ -18,14 +20,30 @@ ignore an unterminated last line (a log read while the guest is still writing).
 
 Frame ``n`` is a pure function of ``(n, x, y)`` (see :func:`render_expected_frame`), with ``n``
 encoded in its top 16 rows, so any capture can be decoded and then compared pixel by pixel.
+
+Besides the console the workload has three more channels, each read here:
+
+- **the control channel** (second serial port, ttyS1): the controller sends one command per line
+  (``VERIFY-RAM``, ``VERIFY-VRAM``, ``VERIFY-DMA``, ``STATE``, ``FAULT <kind>``, ``PING``) and
+  reads ``MDT-DETAIL`` lines and one final ``MDT-RESULT cmd=<CMD> status=ok|fail|skip ...``
+  (:func:`encode_command`, :class:`ReplyReader`, :func:`parse_replies`, :class:`GuestReply`,
+  :func:`parse_state`, :func:`compare_states`);
+- **the UDP heartbeat** (``mdt.udp=<ipv4>:<port>``): a fixed 24-byte datagram every
+  ``mdt.udp_us`` µs (:data:`UDP_FORMAT`, :func:`parse_udp_heartbeat`);
+- **the pattern disk** (read-only virtio-blk): block ``i`` is a function of ``i``, which the guest's
+  DMA reader checks after the device wrote it into guest RAM (:func:`write_pattern_disk`).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -277,3 +295,361 @@ def verify_frame(image: Image.Image) -> int:
             f"{tuple(int(v) for v in want[fy, fx])}"
         )
     return n
+
+
+# -- control channel ------------------------------------------------------------------------
+
+#: The ``MDT-RESULT`` statuses: the check ran and passed, ran and failed, or could not run here
+#: (``reason=`` says why, e.g. ``no-disk``).
+STATUSES = ("ok", "fail", "skip")
+
+_RESULT = re.compile(r"MDT-RESULT cmd=(\S+) status=(\S+)((?: \S+=\S*)*)")
+_DETAIL = re.compile(r"MDT-DETAIL (.*)")
+_KV = re.compile(r"(\S+?)=(\S*)")
+_NAME = re.compile(r"[A-Za-z0-9_.:,@+-]+")  # a command or request id
+_ARG = re.compile(r"[A-Za-z0-9_.:,@+=-]+")  # an argument: a word or key=value
+
+
+def _key_values(text: str) -> dict[str, str]:
+    return {m[1]: m[2] for m in _KV.finditer(text)}
+
+
+@dataclass(frozen=True)
+class GuestReply:
+    """The answer to one control-channel command.
+
+    ``values`` holds the ``key=value`` fields of the ``MDT-RESULT`` line (``id`` included when the
+    command carried one); ``details`` the ``MDT-DETAIL`` lines before it, without their prefix,
+    in order (for a failed check: which page, offset or slot differed).
+    """
+
+    cmd: str
+    status: str
+    values: dict[str, str]
+    details: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def request_id(self) -> str | None:
+        return self.values.get("id")
+
+    def int_value(self, key: str) -> int:
+        """``values[key]`` as an integer (``0x`` hexadecimal accepted)."""
+        try:
+            return int(self.values[key], 0)
+        except KeyError:
+            raise KeyError(f"{self.cmd} reply has no {key}=: {self.line()}") from None
+
+    def detail_values(self) -> list[dict[str, str]]:
+        """The ``key=value`` fields of each detail line."""
+        return [_key_values(d) for d in self.details]
+
+    def line(self) -> str:
+        """The ``MDT-RESULT`` line as the guest printed it (field order aside)."""
+        fields = " ".join(f"{k}={v}" for k, v in self.values.items())
+        return f"MDT-RESULT cmd={self.cmd} status={self.status}" + (f" {fields}" if fields else "")
+
+    def describe(self) -> str:
+        """The result line and its details, one per line: what a failure message should show."""
+        return "\n".join([self.line(), *(f"  {d}" for d in self.details)])
+
+    def require_ok(self) -> GuestReply:
+        """Return self when the guest's check passed; raise :class:`CheckFailed` naming what
+        differed (the guest's detail lines) otherwise, a skip included."""
+        __tracebackhide__ = True
+        if not self.ok:
+            raise CheckFailed(f"guest check {self.cmd} says {self.status}:\n{self.describe()}")
+        return self
+
+
+def parse_result(line: str, details: Iterable[str] = ()) -> GuestReply:
+    """One ``MDT-RESULT`` line (without its line end); raises ValueError for anything else."""
+    m = _RESULT.fullmatch(line.rstrip("\r\n"))
+    if m is None:
+        raise ValueError(f"not an MDT-RESULT line: {line!r}")
+    if m[2] not in STATUSES:
+        raise ValueError(f"MDT-RESULT with unknown status {m[2]!r}: {line!r}")
+    return GuestReply(cmd=m[1], status=m[2], values=_key_values(m[3]), details=tuple(details))
+
+
+def parse_replies(text: str) -> list[GuestReply]:
+    """Every reply in a control-channel transcript (e.g. ``ctl.log``), in order.
+
+    Detail lines belong to the next result line; an unterminated last line is ignored, as is
+    anything that is neither (``MDT-CTL ready``, a stray partial line).
+    """
+    replies, details = [], []
+    for line in _complete_lines(text):
+        d = _DETAIL.fullmatch(line)
+        if d is not None:
+            details.append(d[1])
+            continue
+        try:
+            replies.append(parse_result(line, details))
+        except ValueError:
+            continue
+        details = []
+    return replies
+
+
+def encode_command(cmd: str, *args: str, request_id: str | None = None) -> bytes:
+    """The bytes to send for one command. Starts with a newline, so a line left unfinished by an
+    earlier controller is ended (as an unknown command) instead of swallowing this one."""
+    names = [cmd] if request_id is None else [cmd, request_id]
+    for word in names:
+        if not _NAME.fullmatch(word):
+            raise ValueError(
+                f"control-channel command or id {word!r}: only [A-Za-z0-9_.:,@+-] are allowed"
+            )
+    for word in args:
+        if not _ARG.fullmatch(word) or word.startswith("id="):
+            raise ValueError(
+                f"control-channel argument {word!r}: only [A-Za-z0-9_.:,@+=-] are allowed, "
+                f"and id= is the request id"
+            )
+    words = [cmd, *args] + ([f"id={request_id}"] if request_id is not None else [])
+    return ("\n" + " ".join(words) + "\n").encode()
+
+
+class ReplyReader:
+    """Turns the control channel's byte stream into replies, whatever the chunking.
+
+    Feed it what the socket returns; it yields each reply once its ``MDT-RESULT`` line is
+    complete. Bytes before the first newline after :meth:`resync` are dropped: a controller that
+    connects while the guest is writing would otherwise parse half a line.
+    """
+
+    def __init__(self, *, synced: bool = True) -> None:
+        self._buf = b""
+        self._details: list[str] = []
+        self._synced = synced
+
+    def resync(self) -> None:
+        self._buf, self._details, self._synced = b"", [], False
+
+    def feed(self, data: bytes) -> list[GuestReply]:
+        self._buf += data
+        replies = []
+        while b"\n" in self._buf:
+            raw, self._buf = self._buf.split(b"\n", 1)
+            if not self._synced:
+                self._synced = True
+                continue
+            line = raw.decode(errors="replace").rstrip("\r")
+            d = _DETAIL.fullmatch(line)
+            if d is not None:
+                self._details.append(d[1])
+                continue
+            try:
+                replies.append(parse_result(line, self._details))
+            except ValueError:
+                continue
+            self._details = []
+        return replies
+
+
+# -- STATE: registers and interrupts ----------------------------------------------------------
+
+#: Interrupts that must keep arriving while the workload runs (``fnmatch`` patterns on the
+#: interrupt's name): the console UART (heartbeat lines), the pattern disk's request queue
+#: (DMA reader; ``virtio1-req.0`` on Linux 6.1, ``virtio1-requests`` before 5.x) and the local
+#: timer. Others (config change, the NIC's queues, the control UART) may legitimately idle; add
+#: ``"virtio*-output*"`` when the UDP heartbeat is on.
+LIVE_IRQS: tuple[str, ...] = ("ttyS0", "virtio*-req*", "LOC")
+
+
+@dataclass(frozen=True)
+class PciFunction:
+    """One PCI function as STATE saw it: a CRC-32 of its first 64 config-space bytes (the
+    interrupt-status bit of the Status register masked, as it follows INTx)."""
+
+    bdf: str
+    ids: str  # vendor:device, hex
+    class_code: str
+    cfg_crc: int
+
+
+@dataclass(frozen=True)
+class IrqCount:
+    """One ``/proc/interrupts`` line: its label (number or ``LOC``), name and total count."""
+
+    irq: str
+    name: str
+    count: int
+
+
+@dataclass(frozen=True)
+class GuestState:
+    """Guest-visible device state from a ``STATE`` reply."""
+
+    mode: str | None  # "1280x800" as the display controller reports it; None when unset
+    frame: int  # the frame on screen
+    pci: Mapping[str, PciFunction]  # by BDF
+    irqs: Mapping[str, IrqCount]  # by name (name@irq when a name repeats)
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_state(reply: str | GuestReply) -> GuestState:
+    """The state in a ``STATE`` reply, given as the reply or the transcript holding it (the
+    last STATE reply counts). Raises ValueError when there is none, or it did not succeed."""
+    if isinstance(reply, str):
+        states = [r for r in parse_replies(reply) if r.cmd == "STATE"]
+        if not states:
+            raise ValueError("no complete STATE reply in the text")
+        reply = states[-1]
+    if reply.cmd != "STATE" or not reply.ok:
+        raise ValueError(f"not a successful STATE reply: {reply.line()}")
+    pci: dict[str, PciFunction] = {}
+    irqs: dict[str, IrqCount] = {}
+    for fields in reply.detail_values():
+        if "pci" in fields and "cfg_crc" in fields:
+            bdf = fields["pci"]
+            pci[bdf] = PciFunction(
+                bdf, fields.get("id", "?"), fields.get("class", "?"), int(fields["cfg_crc"], 16)
+            )
+        elif "irq" in fields and "count" in fields:
+            name = fields.get("name", fields["irq"])
+            key = name if name not in irqs else f"{name}@{fields['irq']}"
+            irqs[key] = IrqCount(fields["irq"], name, int(fields["count"]))
+    mode = reply.values.get("mode")
+    return GuestState(
+        mode=None if mode in (None, "none") else mode,
+        frame=int(reply.values.get("frame", "0")),
+        pci=pci,
+        irqs=irqs,
+        values=dict(reply.values),
+    )
+
+
+def compare_states(
+    before: GuestState, after: GuestState, *, live_irqs: Iterable[str] = LIVE_IRQS
+) -> list[str]:
+    """What changed between two states that a user would call a migration bug, one sentence
+    each (empty when nothing did): the display mode, a PCI function appearing, disappearing or
+    changing its config space, an interrupt counter going backwards, and a live interrupt (see
+    :data:`LIVE_IRQS`) that stopped arriving."""
+    problems = []
+    if before.mode != after.mode:
+        problems.append(f"display mode changed: {before.mode} -> {after.mode}")
+    for bdf in sorted(before.pci.keys() | after.pci.keys()):
+        a, b = before.pci.get(bdf), after.pci.get(bdf)
+        if a is None or b is None:
+            present = b if a is None else a
+            gone = "appeared" if a is None else "disappeared"
+            problems.append(f"PCI {bdf} ({present.ids if present else '?'}) {gone}")
+        elif a.ids != b.ids:
+            problems.append(f"PCI {bdf} changed identity: {a.ids} -> {b.ids}")
+        elif a.cfg_crc != b.cfg_crc:
+            problems.append(
+                f"PCI {bdf} ({a.ids}) config space changed: crc 0x{a.cfg_crc:08x} -> 0x{b.cfg_crc:08x}"
+            )
+    patterns = tuple(live_irqs)
+    for key, irq in before.irqs.items():
+        live = any(fnmatch.fnmatchcase(irq.name, p) for p in patterns)
+        now = after.irqs.get(key)
+        if now is None:
+            if live:
+                problems.append(f"interrupt {irq.name} (irq {irq.irq}) is gone")
+        elif now.count < irq.count:
+            problems.append(
+                f"interrupt counter {irq.name} (irq {irq.irq}) went backwards: "
+                f"{irq.count} -> {now.count}"
+            )
+        elif live and now.count == irq.count:
+            problems.append(f"interrupts stopped: {irq.name} (irq {irq.irq}) stayed at {irq.count}")
+    return problems
+
+
+# -- UDP heartbeat ----------------------------------------------------------------------------
+
+#: The datagram, big-endian: magic, version, flags, seq (1, 2, 3, ... no gaps), the guest's
+#: CLOCK_MONOTONIC in ns when it was sent.
+UDP_FORMAT = ">4sHHQQ"
+UDP_SIZE = struct.calcsize(UDP_FORMAT)
+UDP_MAGIC = b"MDTU"
+UDP_VERSION = 1
+#: Flag: slots were skipped just before this datagram (the guest was starved or stalled); the
+#: sequence number still follows the previous one.
+UDP_FLAG_SKIPPED = 0x0001
+
+
+@dataclass(frozen=True)
+class UdpBeat:
+    """One UDP heartbeat datagram."""
+
+    seq: int
+    t_ns: int
+    flags: int
+    version: int = UDP_VERSION
+
+    @property
+    def skipped(self) -> bool:
+        return bool(self.flags & UDP_FLAG_SKIPPED)
+
+
+def parse_udp_heartbeat(data: bytes) -> UdpBeat:
+    """Decode one datagram; ValueError when it is not a heartbeat of this version."""
+    if len(data) != UDP_SIZE:
+        raise ValueError(f"UDP heartbeat is {UDP_SIZE} bytes, got {len(data)}")
+    magic, version, flags, seq, t_ns = struct.unpack(UDP_FORMAT, data)
+    if magic != UDP_MAGIC:
+        raise ValueError(f"UDP heartbeat magic is {UDP_MAGIC!r}, got {magic!r}")
+    if version != UDP_VERSION:
+        raise ValueError(f"UDP heartbeat version {version} is not supported ({UDP_VERSION} is)")
+    return UdpBeat(seq=seq, t_ns=t_ns, flags=flags, version=version)
+
+
+# -- pattern disk (DMA) -----------------------------------------------------------------------
+
+#: Block size of the pattern disk: the guest reads (and checks) whole blocks.
+DISK_BLOCK = 4096
+_WORDS = DISK_BLOCK // 8
+_DISK_MAGIC = 0x4254444D  # b"MDTB" as a little-endian u32
+
+
+def _mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """splitmix64's finaliser, as the guest's ``mix64`` (wrapping uint64 arithmetic)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _pattern_words(first: int, count: int) -> npt.NDArray[np.uint64]:
+    blocks = np.arange(first, first + count, dtype=np.uint64)[:, np.newaxis]
+    k = np.arange(_WORDS, dtype=np.uint64)[np.newaxis, :]
+    with np.errstate(over="ignore"):
+        words = _mix64((blocks << np.uint64(9)) | k)
+    words[:, 0] = np.uint64(_DISK_MAGIC) | (blocks[:, 0] << np.uint64(32))
+    return words
+
+
+def pattern_block(index: int) -> bytes:
+    """Block ``index`` of the pattern disk: 512 little-endian u64 words; word 0 is ``b"MDTB"``
+    and ``index`` as a little-endian u32, word k (1..511) is ``mix64(index << 9 | k)``."""
+    if not 0 <= index <= 0xFFFFFFFF:
+        raise ValueError(f"block index {index} does not fit in 32 bits")
+    return _pattern_words(index, 1).astype("<u8").tobytes()
+
+
+def write_pattern_disk(path: str | os.PathLike[str], size_mib: int) -> Path:
+    """Write the pattern disk image for the guest's DMA probe: ``size_mib`` MiB, raw, block i
+    = :func:`pattern_block` (i). Deterministic, so the same file can be made on every host;
+    written beside ``path`` and renamed into place, so a reader never sees half a disk."""
+    if not 1 <= size_mib <= 4096:
+        raise ValueError(f"pattern disk size {size_mib} MiB: allowed are 1..4096")
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    blocks, chunk = size_mib * (1 << 20) // DISK_BLOCK, 1024
+    try:
+        with tmp.open("wb") as fh:
+            for first in range(0, blocks, chunk):
+                fh.write(_pattern_words(first, min(chunk, blocks - first)).astype("<u8").tobytes())
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target

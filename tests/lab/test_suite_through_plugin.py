@@ -38,6 +38,10 @@ def test_basic_suite_passes_and_writes_reports(pytester: pytest.Pytester, tmp_pa
         assert isinstance(entry[key], int), key
         assert key in entry["methods"]
     assert entry["vfio_transferred_bytes"] is None
+    vgpu = entry["vgpu"]
+    assert (vgpu["vendor"], vgpu["type"], vgpu["simulated"]) == ("simulated", "i915-GVTg_V5_4", True)
+    assert vgpu["mdev_uuids"]["source"] == vgpu["mdev_uuids"]["destination"]
+    assert set(entry["qemu_version"]) == {"host-a", "host-b"}
     assert entry["checks"]["heartbeat"]["status"] == "passed"
 
     results = list((reports / "allure-results").glob("*-result.json"))

@@ -27,7 +27,7 @@ from mdevtest.inventory import (
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_LAB = REPO / "inventory" / "local-lab.yaml"
-GPU_LAB = REPO / "inventory" / "examples" / "gpu-lab.yaml"
+GPU_LAB = REPO / "inventory" / "examples" / "gvt-pair.yaml"
 
 VALID = """\
 version: 1

@@ -1,0 +1,108 @@
+"""Pair preflight: is this host pair fit to run a migration test, before any guest starts?
+
+Checks, each recorded with what it saw: both hosts reachable; the vendor's host checks pass on both;
+the vGPU type exists with a free instance on both; QEMU versions and vendor-driver versions equal on
+both sides (unless the test declares itself cross-version); QEMU can migrate the VFIO device (not
+for the simulated vGPU). ``blocked-reasons`` is checked once the source runs, by the Migrator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mdevtest.errors import MdevError, MdevtestError, PreflightFailed
+from mdevtest.inventory import HostPair
+from mdevtest.vendors import get_profile
+
+if TYPE_CHECKING:
+    from mdevtest.testbed import Testbed
+
+
+@dataclass(frozen=True)
+class PreflightCheck:
+    host: str
+    name: str
+    passed: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.host}: {self.name}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class PreflightReport:
+    pair: str
+    checks: tuple[PreflightCheck, ...]
+
+    @property
+    def failures(self) -> tuple[PreflightCheck, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def raise_for_failures(self) -> PreflightReport:
+        if self.failures:
+            raise PreflightFailed(self.pair, [c.line() for c in self.failures])
+        return self
+
+    def to_json(self) -> list[dict[str, object]]:
+        return [c.__dict__ for c in self.checks]
+
+
+def preflight_pair(testbed: Testbed, pair: HostPair, *, cross_version: bool = False) -> PreflightReport:
+    """Run every check (all of them, so the report lists every problem at once)."""
+    checks: list[PreflightCheck] = []
+    hosts = (pair.source, pair.destination)
+    reachable: list[str] = []
+    for host in hosts:
+        try:
+            facts = testbed.facts(host)
+        except MdevtestError as exc:
+            checks.append(PreflightCheck(host, "reachable", False, str(exc)))
+            continue
+        reachable.append(host)
+        checks.append(
+            PreflightCheck(host, "reachable", True, f"QEMU {facts.qemu_version}, {facts.accel}")
+        )
+    if len(reachable) == 2 and not cross_version:
+        versions = {h: testbed.facts(h).qemu_version for h in hosts}
+        same = len(set(versions.values())) == 1
+        checks.append(PreflightCheck(pair.source, "same QEMU version", same,
+            ", ".join(f"{h} {v}" for h, v in versions.items())
+            + ("" if same else "; mark the test cross_version to allow this")))  # fmt: skip
+    vgpu = pair.vgpu
+    if vgpu is None:
+        return PreflightReport(pair.id, tuple(checks))
+    profile = get_profile(vgpu.vendor)
+    drivers: dict[str, str] = {}
+    for host in reachable:
+        remote = testbed.remote(host)
+        root = remote.host.sysfs_root
+        for hc in profile.host_checks(remote, sysfs_root=root):
+            checks.append(PreflightCheck(host, hc.name, hc.passed, hc.detail))
+        try:
+            mtype = testbed.mdevs(host, pair).require_available(vgpu.type, vgpu.parent)
+            checks.append(PreflightCheck(host, f"free {vgpu.type}", True,
+                f"{mtype.available_instances} available on {mtype.parent}"))  # fmt: skip
+        except MdevError as exc:
+            checks.append(PreflightCheck(host, f"free {vgpu.type}", False, str(exc)))
+        try:
+            drivers[host] = profile.driver_version(remote, sysfs_root=root)
+        except MdevtestError as exc:
+            checks.append(PreflightCheck(host, "driver version", False, str(exc)))
+        caps = testbed.facts(host).qemu_caps
+        if not profile.simulated:
+            can = caps.vfio_migration_prop is not None
+            checks.append(PreflightCheck(host, "QEMU VFIO migration", can,
+                f"QEMU {caps.version_text}: "
+                + (f"{caps.vfio_migration_prop} (protocol v{caps.vfio_migration_protocol})" if can
+                   else "vfio-pci has no migration property")))  # fmt: skip
+    if len(drivers) == 2 and not cross_version:
+        same = len(set(drivers.values())) == 1
+        checks.append(PreflightCheck(pair.source, "same vendor driver", same,
+            ", ".join(f"{h} {v}" for h, v in drivers.items())
+            + ("" if same else "; mark the test cross_version to allow this")))  # fmt: skip
+    return PreflightReport(pair.id, tuple(checks))
