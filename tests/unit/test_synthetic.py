@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
@@ -13,19 +15,37 @@ from PIL import Image
 
 from mdevtest.errors import CheckFailed
 from mdevtest.workloads.synthetic import (
+    DISK_BLOCK,
+    LIVE_IRQS,
+    UDP_FLAG_SKIPPED,
+    UDP_FORMAT,
+    UDP_MAGIC,
+    UDP_SIZE,
+    UDP_VERSION,
     FbInfo,
     FrameMark,
+    GuestReply,
     Heartbeat,
+    ReplyReader,
+    UdpBeat,
+    compare_states,
     crc16_ccitt,
     decode_frame_number,
+    encode_command,
     find_ready,
     heartbeat_gaps,
     parse_boot_ms,
     parse_frames,
     parse_heartbeats,
     parse_ready,
+    parse_replies,
+    parse_result,
+    parse_state,
+    parse_udp_heartbeat,
+    pattern_block,
     render_expected_frame,
     verify_frame,
+    write_pattern_disk,
 )
 
 WORKLOAD_C = Path(__file__).resolve().parents[2] / "workloads" / "synthetic" / "mdt-workload.c"
@@ -206,3 +226,300 @@ def test_guest_renderer_matches_the_python_one(guest_workload: Path, n: int, siz
     want = np.asarray(render_expected_frame(n, width, height))
     assert got.shape == want.shape
     assert (got == want).all()
+
+
+# -- the control channel ----------------------------------------------------------------------
+
+# A ctl.log as the guest wrote it (from a lab run): the channel's greeting, a passing and a
+# failing check with its details, a reply to a line an earlier controller left unfinished, and a
+# last line still being written.
+CTL_LOG = (
+    "MDT-CTL ready version=2\r\n"
+    "MDT-RESULT cmd=VERIFY-RAM status=ok id=src-4 pages=4096 writes=4000 bad=0 poisoned=0 "
+    "check_ms=13\r\n"
+    "MDT-RESULT cmd=FAULT status=ok id=src-9 fault=skip-page page=327 expected_gen=4\r\n"
+    "MDT-DETAIL page=327 expected_gen=4 found_gen=3 reason=stale\r\n"
+    "MDT-RESULT cmd=VERIFY-RAM status=fail id=src-11 pages=4096 writes=10399 bad=1 poisoned=1 "
+    "check_ms=16\r\n"
+    "MDT-RESULT cmd=VERIFY-R status=fail reason=unknown-command known=PING,VERIFY-RAM\r\n"
+    "MDT-DETAIL slot=224 block=1645 offset=0x0 expected=0x0000066d4254444d "
+    "found=0x000009974254444d found_block=2455\r\n"
+    "MDT-RESULT cmd=VERIFY-DMA status=fail id=src-19 slots=256 filled=256 reads=2798 errors=0 "
+    "bad=1 poisoned=1 check_ms=3\r\n"
+    "MDT-RESULT cmd=VERIFY-DMA status=skip reason=no-disk\r\n"
+    "MDT-RESULT cmd=PING status=ok uptime_ms=33"
+)
+
+
+def test_a_result_line_gives_command_status_and_values() -> None:
+    reply = parse_result(
+        "MDT-RESULT cmd=VERIFY-VRAM status=ok id=src-5 bytes=2097152 bad=0 where=vram@0x3e8000 "
+        "check_ms=5\r"
+    )
+    assert reply == GuestReply(
+        cmd="VERIFY-VRAM",
+        status="ok",
+        values={
+            "id": "src-5",
+            "bytes": "2097152",
+            "bad": "0",
+            "where": "vram@0x3e8000",
+            "check_ms": "5",
+        },
+    )
+    assert reply.ok
+    assert reply.request_id == "src-5"
+    assert reply.int_value("bytes") == 2 << 20
+    assert reply.require_ok() is reply
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "MDT-RESULT cmd=PING status=maybe",  # not a status
+        "MDT-RESULT status=ok cmd=PING",  # order is fixed
+        "MDT-RESULT cmd=PING status=ok junk",  # every field is key=value
+        "xMDT-RESULT cmd=PING status=ok",
+        "MDT-DETAIL page=1",
+        "",
+    ],
+)
+def test_anything_but_a_result_line_is_rejected(line: str) -> None:
+    with pytest.raises(ValueError, match="MDT-RESULT"):
+        parse_result(line)
+
+
+def test_replies_collect_the_detail_lines_before_them() -> None:
+    replies = parse_replies(CTL_LOG)
+    assert [(r.cmd, r.status) for r in replies] == [
+        ("VERIFY-RAM", "ok"),
+        ("FAULT", "ok"),
+        ("VERIFY-RAM", "fail"),
+        ("VERIFY-R", "fail"),
+        ("VERIFY-DMA", "fail"),
+        ("VERIFY-DMA", "skip"),
+    ]  # the unterminated PING is not a reply yet
+    ram = replies[2]
+    assert ram.details == ("page=327 expected_gen=4 found_gen=3 reason=stale",)
+    assert ram.detail_values() == [
+        {"page": "327", "expected_gen": "4", "found_gen": "3", "reason": "stale"}
+    ]
+    assert ram.int_value("bad") == 1
+    dma = replies[4]
+    assert dma.detail_values()[0]["found_block"] == "2455"
+    assert dma.int_value("bad") == 1
+    assert replies[1].details == ()  # details do not leak into the reply after
+    assert parse_replies(CTL_LOG + "\n")[-1].cmd == "PING"
+
+
+def test_a_failed_or_skipped_check_raises_naming_what_differed() -> None:
+    replies = parse_replies(CTL_LOG)
+    with pytest.raises(CheckFailed, match=r"(?s)VERIFY-RAM says fail.*page=327 expected_gen=4"):
+        replies[2].require_ok()
+    with pytest.raises(CheckFailed, match=r"(?s)VERIFY-DMA says skip.*reason=no-disk"):
+        replies[5].require_ok()
+
+
+def test_int_value_names_the_missing_key() -> None:
+    with pytest.raises(KeyError, match="no pages="):
+        parse_result("MDT-RESULT cmd=PING status=ok uptime_ms=1").int_value("pages")
+
+
+def test_commands_are_one_line_after_a_newline() -> None:
+    assert encode_command("VERIFY-RAM") == b"\nVERIFY-RAM\n"
+    assert encode_command("FAULT", "pixel", "x=3", request_id="dst-7") == b"\nFAULT pixel x=3 id=dst-7\n"
+    for bad in ("VERIFY RAM", "PING\n", "a=b", ""):
+        with pytest.raises(ValueError, match="control-channel command"):
+            encode_command(bad)
+    with pytest.raises(ValueError, match="control-channel command or id"):
+        encode_command("PING", request_id="x=y")
+    for arg in ("x y", "id=7", "a\nb"):
+        with pytest.raises(ValueError, match="control-channel argument"):
+            encode_command("FAULT", arg)
+
+
+def test_the_reader_yields_replies_whatever_the_chunking() -> None:
+    data = CTL_LOG.encode() + b"\n"
+    whole = ReplyReader().feed(data)
+    assert whole == parse_replies(CTL_LOG + "\n")
+    for size in (1, 2, 7, 64):
+        reader = ReplyReader()
+        got = []
+        for i in range(0, len(data), size):
+            got += reader.feed(data[i : i + size])
+        assert got == whole
+
+
+def test_the_reader_drops_a_partial_line_after_resync() -> None:
+    reader = ReplyReader()
+    reader.resync()  # connected while the guest was writing
+    tail = b"ok id=old-1 pages=4096\r\nMDT-RESULT cmd=PING status=ok id=new-1 uptime_ms=5\r\n"
+    [reply] = reader.feed(b"MDT-RESULT cmd=VERIFY-RAM status=" + tail)
+    assert reply.request_id == "new-1"
+
+
+# -- STATE ------------------------------------------------------------------------------------
+
+STATE = (
+    "MDT-DETAIL pci=0000:00:00.0 id=8086:29c0 class=060000 cfg_crc=0x7d4c7ddb\n"
+    "MDT-DETAIL pci=0000:00:01.0 id=1234:1111 class=030000 cfg_crc=0xb55e69b7\n"
+    "MDT-DETAIL pci=0000:00:02.0 id=1af4:1000 class=020000 cfg_crc=0x1049ab00\n"
+    "MDT-DETAIL pci=0000:00:03.0 id=1af4:1001 class=010000 cfg_crc=0xabfd1390\n"
+    "MDT-DETAIL irq=3 name=ttyS1 count=87\n"
+    "MDT-DETAIL irq=4 name=ttyS0 count=454\n"
+    "MDT-DETAIL irq=24 name=virtio0-config count=0\n"
+    "MDT-DETAIL irq=25 name=virtio0-input.0 count=4\n"
+    "MDT-DETAIL irq=26 name=virtio0-output.0 count=2112\n"
+    "MDT-DETAIL irq=28 name=virtio1-req.0 count=1848\n"
+    "MDT-DETAIL irq=LOC name=LOC count=3806\n"
+    "MDT-RESULT cmd=STATE status=ok id=src-8 mode=1280x800 frame=22 pci=4 irqs=7 udp_sent=2109 "
+    "udp_errors=0 udp_stalls=8 ram_writes=8256 dma_reads=1842 uptime_ms=5434\n"
+)
+
+
+def _later(text: str, counts: dict[str, int]) -> str:
+    """STATE text with the counters of the named interrupts replaced."""
+    lines = []
+    for line in text.splitlines():
+        name = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f).get("name", "")
+        if name in counts:
+            lines.append(line.rsplit(" count=", 1)[0] + f" count={counts[name]}")
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+#: Counters after a while of a healthy guest: the live ones moved.
+LIVE_MOVED = {"ttyS0": 500, "LOC": 4000, "virtio1-req.0": 1900}
+
+
+def test_state_gives_mode_pci_functions_and_interrupts() -> None:
+    state = parse_state(STATE)
+    assert state.mode == "1280x800"
+    assert state.frame == 22
+    assert set(state.pci) == {"0000:00:00.0", "0000:00:01.0", "0000:00:02.0", "0000:00:03.0"}
+    vga = state.pci["0000:00:01.0"]
+    assert (vga.ids, vga.class_code, vga.cfg_crc) == ("1234:1111", "030000", 0xB55E69B7)
+    assert state.irqs["virtio1-req.0"].count == 1848
+    assert state.irqs["LOC"].irq == "LOC"
+    assert state.values["udp_sent"] == "2109"
+    assert parse_state(parse_replies(STATE)[0]) == state
+
+
+def test_state_needs_a_successful_state_reply() -> None:
+    with pytest.raises(ValueError, match="no complete STATE"):
+        parse_state(CTL_LOG)
+    with pytest.raises(ValueError, match="not a successful STATE"):
+        parse_state(parse_result("MDT-RESULT cmd=STATE status=fail reason=x"))
+    none = parse_state("MDT-RESULT cmd=STATE status=ok mode=none frame=0 pci=0 irqs=0\n")
+    assert none.mode is None
+    assert none.pci == {}
+
+
+def test_a_healthy_pair_of_states_has_no_differences() -> None:
+    later = _later(STATE, {**LIVE_MOVED, "ttyS1": 90, "virtio0-output.0": 2200})
+    assert compare_states(parse_state(STATE), parse_state(later)) == []
+
+
+def test_idle_interrupts_are_fine_but_live_ones_must_advance() -> None:
+    # Only the console UART, the disk's queue and the timer are required to move by default.
+    later = _later(STATE, LIVE_MOVED)
+    assert compare_states(parse_state(STATE), parse_state(later)) == []
+    stalled = _later(STATE, {"ttyS0": 500, "LOC": 4000})
+    assert compare_states(parse_state(STATE), parse_state(stalled)) == [
+        "interrupts stopped: virtio1-req.0 (irq 28) stayed at 1848"
+    ]
+    with_net = (*LIVE_IRQS, "virtio*-output*")
+    assert compare_states(parse_state(STATE), parse_state(later), live_irqs=with_net) == [
+        "interrupts stopped: virtio0-output.0 (irq 26) stayed at 2112"
+    ]
+
+
+def test_config_space_mode_and_device_changes_are_named() -> None:
+    later = _later(STATE, LIVE_MOVED)
+    changed = (
+        later.replace("cfg_crc=0xb55e69b7", "cfg_crc=0xdeadbeef")
+        .replace("mode=1280x800", "mode=1024x768")
+        .replace("MDT-DETAIL pci=0000:00:03.0 id=1af4:1001 class=010000 cfg_crc=0xabfd1390\n", "")
+        .replace("name=ttyS1 count=87", "name=ttyS1 count=3")
+    )
+    assert compare_states(parse_state(STATE), parse_state(changed)) == [
+        "display mode changed: 1280x800 -> 1024x768",
+        "PCI 0000:00:01.0 (1234:1111) config space changed: crc 0xb55e69b7 -> 0xdeadbeef",
+        "PCI 0000:00:03.0 (1af4:1001) disappeared",
+        "interrupt counter ttyS1 (irq 3) went backwards: 87 -> 3",
+    ]
+
+
+def test_a_vanished_live_interrupt_is_named() -> None:
+    before = parse_state(STATE)
+    after = replace(before, irqs={k: v for k, v in before.irqs.items() if k != "ttyS0"})
+    after = replace(after, irqs={k: replace(v, count=v.count + 1) for k, v in after.irqs.items()})
+    assert compare_states(before, after) == ["interrupt ttyS0 (irq 4) is gone"]
+
+
+# -- UDP heartbeat ----------------------------------------------------------------------------
+
+
+def test_udp_heartbeat_layout_is_fixed_big_endian() -> None:
+    assert UDP_SIZE == 24
+    data = bytes.fromhex("4d44545500010001000000000000010200000000988ad2c0")
+    assert data == struct.pack(UDP_FORMAT, UDP_MAGIC, UDP_VERSION, UDP_FLAG_SKIPPED, 258, 2559234752)
+    beat = parse_udp_heartbeat(data)
+    assert beat == UdpBeat(seq=258, t_ns=2559234752, flags=UDP_FLAG_SKIPPED, version=1)
+    assert beat.skipped
+    assert not parse_udp_heartbeat(struct.pack(UDP_FORMAT, UDP_MAGIC, 1, 0, 1, 5)).skipped
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"MDTU" + bytes(19), "24 bytes"),
+        (struct.pack(UDP_FORMAT, UDP_MAGIC, 1, 0, 1, 2) + b"\0", "24 bytes"),
+        (struct.pack(UDP_FORMAT, b"MDTX", 1, 0, 1, 2), "magic"),
+        (struct.pack(UDP_FORMAT, UDP_MAGIC, 2, 0, 1, 2), "version 2"),
+    ],
+)
+def test_a_foreign_datagram_is_rejected(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_udp_heartbeat(data)
+
+
+# -- pattern disk -----------------------------------------------------------------------------
+
+
+def test_pattern_blocks_carry_their_index_and_differ() -> None:
+    b0, b1 = pattern_block(0), pattern_block(1)
+    assert len(b0) == DISK_BLOCK
+    assert b1[:8] == b"MDTB\x01\x00\x00\x00"
+    assert pattern_block(0xFFFFFFFF)[:8] == b"MDTB\xff\xff\xff\xff"
+    words0 = np.frombuffer(b0, dtype="<u8")
+    words1 = np.frombuffer(b1, dtype="<u8")
+    assert (words0 != words1).all()
+    assert len(set(words0[1:].tolist())) == 511  # no repeated words inside a block
+    with pytest.raises(ValueError, match="32 bits"):
+        pattern_block(-1)
+
+
+def test_pattern_disk_is_the_blocks_in_order(tmp_path: Path) -> None:
+    path = write_pattern_disk(tmp_path / "pattern.img", 5)  # 1280 blocks: a partial last chunk
+    data = path.read_bytes()
+    assert len(data) == 5 << 20
+    for i in (0, 1, 1023, 1024, 1279):
+        assert data[i * DISK_BLOCK : (i + 1) * DISK_BLOCK] == pattern_block(i)
+    assert [p.name for p in tmp_path.iterdir()] == ["pattern.img"]  # no temporary left
+    again = write_pattern_disk(tmp_path / "again.img", 5)
+    assert again.read_bytes() == data  # deterministic: the same file on every host
+    with pytest.raises(ValueError, match=r"1\.\.4096"):
+        write_pattern_disk(tmp_path / "x.img", 0)
+
+
+@pytest.mark.parametrize("index", [0, 1, 777, 123456, 2**32 - 1])
+def test_guest_disk_pattern_matches_the_python_one(guest_workload: Path, index: int) -> None:
+    block = subprocess.run(
+        [str(guest_workload), "--disk-block", str(index)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    ).stdout
+    assert block == pattern_block(index)

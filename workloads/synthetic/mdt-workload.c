@@ -984,7 +984,7 @@ static void vram_locate(void)
     void *bar = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
     close(fd);
     if (bar == MAP_FAILED) {
-        vram.bar_why = errno == EINVAL ? "bar-busy(iomem=relaxed?)" : "bar-mmap-failed";
+        vram.bar_why = errno == EINVAL ? "bar-busy-need-iomem-relaxed" : "bar-mmap-failed";
         return;
     }
     vram.bar = bar;
@@ -1165,7 +1165,10 @@ static int ram_setup(char *ready, size_t len)
 
 static void ram_run(void)
 {
-    const unsigned batch = 32;
+    /* batches of up to 32 pages, each at most ~10 ms apart, so a pause or fault request is
+     * seen soon whatever the rate */
+    unsigned batch = cfg.dirty_pps >= 3200 || !cfg.dirty_pps ? 32
+                                                             : (unsigned)(cfg.dirty_pps / 100 + 1);
     uint64_t period = cfg.dirty_pps ? (uint64_t)batch * 1000000000ull / (uint64_t)cfg.dirty_pps : 0;
     uint64_t rng = now_ns() | 1, next = now_ns();
     size_t poison[MAX_POISON];
@@ -1214,9 +1217,10 @@ static void ram_run(void)
 /* ------------------------------------------------------------------------------------------ */
 /* Task: DMA reader                                                                            */
 /*                                                                                             */
-/* Reads random 4 KiB blocks of the read-only pattern disk with O_DIRECT into random slots of */
-/* a buffer, so the virtio-blk device writes guest RAM by DMA, dma_rps times a second. A       */
-/* ledger says which block each slot holds once its read completed (-1: none yet/unknown).    */
+/* Reads random 4 KiB blocks of the read-only pattern disk with O_DIRECT into slots of a     */
+/* buffer (each slot once in order, then at random), so the virtio-blk device writes guest   */
+/* RAM by DMA, dma_rps times a second. A ledger says which block each slot holds once its    */
+/* read completed (-1: none yet/unknown).                                                     */
 
 #define SLOT_EMPTY (-1)
 #define SLOT_BUSY (-2)
@@ -1305,7 +1309,7 @@ static void dma_run(void)
 {
     uint64_t period = cfg.dma_rps ? 1000000000ull / (uint64_t)cfg.dma_rps : 0;
     uint64_t rng = now_ns() | 1, next = now_ns();
-    size_t poison[MAX_POISON];
+    size_t poison[MAX_POISON], first_pass = 0;
     int npoison = 0;
     while (!stop_requested) {
         pause_point(&shm->dma_pause);
@@ -1316,7 +1320,8 @@ static void dma_run(void)
             STORE(&shm->dma_poisoned, 0);
             STORE(&shm->dma_clear_req, 0);
         }
-        size_t s = (size_t)(xorshift(&rng) % dma.slots);
+        /* every slot once in order (all filled soon after READY), then at random */
+        size_t s = first_pass < dma.slots ? first_pass++ : (size_t)(xorshift(&rng) % dma.slots);
         uint64_t b = xorshift(&rng) % dma.blocks;
         int poisoned = 0;
         for (int p = 0; p < npoison; p++)
@@ -1691,7 +1696,7 @@ static void cmd_fault(const struct cmd *c)
         if (stuck)
             result(c, "fail", "fault=clear reason=worker-not-responding");
         else
-            result(c, "ok", "fault=clear");
+            result(c, "ok", "fault=clear frame=%u", LOAD(&shm->frame_shown));
     } else {
         result(c, "fail", "reason=unknown-fault fault=%.32s "
                "known=skip-page,dma-skip,vram-word,pixel,freeze,clear", kind);
