@@ -20,6 +20,7 @@ The :class:`MigrationResult` is immutable and says, for every figure, how it was
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,18 @@ METHODS: dict[str, str] = {
 }
 
 
+#: Options a test may give its policy (``@pytest.mark.policy(...)``), with what each means.
+POLICY_OPTIONS: dict[str, str] = {
+    "downtime_limit_ms": "QEMU downtime-limit parameter (ms)",
+    "max_bandwidth_mib": "QEMU max-bandwidth parameter (MiB/s)",
+    "multifd": "multifd capability (parallel migration channels)",
+    "multifd_channels": "multifd-channels parameter (with multifd)",
+    "auto_converge": "auto-converge capability (throttle vCPUs until the migration converges)",
+    "switchover_ack": "switchover-ack capability (with return-path; the destination acks)",
+    "timeout_s": "cancel the migration after this many seconds",
+}
+
+
 @dataclass(frozen=True)
 class MigrationPolicy:
     """How to migrate. ``None`` leaves QEMU's default."""
@@ -58,11 +71,72 @@ class MigrationPolicy:
     downtime_limit_ms: int | None = None
     max_bandwidth_bytes: int | None = None
     capabilities: tuple[tuple[str, bool], ...] = ()
+    parameters: tuple[tuple[str, Any], ...] = ()
     poll_interval_s: float = 0.05
+
+    @classmethod
+    def from_options(cls, *, timeout_s: float = 120.0, **options: Any) -> MigrationPolicy:
+        """Build a policy from test-facing options (see :data:`POLICY_OPTIONS`).
+
+        Unknown options or bad values raise ``ValueError`` naming what is allowed.
+        """
+        unknown = sorted(set(options) - set(POLICY_OPTIONS))
+        if unknown:
+            allowed = ", ".join(sorted(POLICY_OPTIONS))
+            raise ValueError(
+                f"unknown migration policy option(s) {', '.join(unknown)}; allowed: {allowed}"
+            )
+        caps: dict[str, bool] = {}
+        params: dict[str, Any] = {}
+        for flag, capability in (
+            ("multifd", "multifd"),
+            ("auto_converge", "auto-converge"),
+            ("switchover_ack", "switchover-ack"),
+        ):
+            if flag in options:
+                if not isinstance(options[flag], bool):
+                    raise ValueError(
+                        f"policy option {flag} must be true or false, got {options[flag]!r}"
+                    )
+                caps[capability] = options[flag]
+        if caps.get("switchover-ack"):
+            caps["return-path"] = True
+        if "multifd_channels" in options:
+            params["multifd-channels"] = _positive_int("multifd_channels", options["multifd_channels"])
+        bandwidth = options.get("max_bandwidth_mib")
+        downtime = options.get("downtime_limit_ms")
+        return cls(
+            timeout_s=float(timeout_s),
+            downtime_limit_ms=None if downtime is None else _positive_int("downtime_limit_ms", downtime),
+            max_bandwidth_bytes=None
+            if bandwidth is None
+            else _positive_int("max_bandwidth_mib", bandwidth) << 20,
+            capabilities=tuple(caps.items()),
+            parameters=tuple(params.items()),
+        )
 
     def all_capabilities(self) -> list[dict[str, Any]]:
         caps = {"events": True, **dict(self.capabilities)}
         return [{"capability": k, "state": v} for k, v in caps.items()]
+
+    def unsupported(self, available_capabilities: frozenset[str]) -> list[str]:
+        """Capabilities this policy turns on that a QEMU does not have."""
+        return [c for c, on in self.capabilities if on and c not in available_capabilities]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "timeout_s": self.timeout_s,
+            "downtime_limit_ms": self.downtime_limit_ms,
+            "max_bandwidth_bytes": self.max_bandwidth_bytes,
+            "capabilities": dict(self.capabilities),
+            "parameters": dict(self.parameters),
+        }
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"policy option {name} must be a positive integer, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -157,7 +231,7 @@ class Migrator:
         caps = self.policy.all_capabilities()
         for machine in (self.source, self.destination):
             machine.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = dict(self.policy.parameters)
         if self.policy.downtime_limit_ms is not None:
             params["downtime-limit"] = self.policy.downtime_limit_ms
         if self.policy.max_bandwidth_bytes is not None:
@@ -172,8 +246,13 @@ class Migrator:
         self.destination.qmp.execute("migrate-incoming", {"uri": self.uri})
         self._state = "prepared"
 
-    def run(self) -> MigrationResult:
-        """Migrate; return the result of a completed migration or raise a MigrationError."""
+    def run(self, *, cancel_when: Callable[[TimelinePoint], bool] | None = None) -> MigrationResult:
+        """Migrate; return the result of a completed migration or raise a MigrationError.
+
+        ``cancel_when`` (a test's deliberate cancel): once it returns true for a timeline point,
+        ``migrate_cancel`` is sent; the result then has status ``cancelled`` (not an error) after
+        the source was verified running again.
+        """
         if self._state == "new":
             self.prepare()
         if self._state != "prepared":
@@ -186,14 +265,19 @@ class Migrator:
         self._state = "running"
         deadline = started + self.policy.timeout_s
         info: dict[str, Any] = {}
+        cancel_sent = False
         while True:
             info = src.qmp.execute("query-migrate")
-            timeline.append(TimelinePoint.from_query((time.monotonic() - started) * 1000, info))
+            point = TimelinePoint.from_query((time.monotonic() - started) * 1000, info)
+            timeline.append(point)
             status = str(info.get("status", "none"))
             if status in FINAL_STATES:
                 break
             if time.monotonic() > deadline:
                 self._cancel(info)
+            if cancel_when is not None and not cancel_sent and cancel_when(point):
+                src.qmp.execute("migrate_cancel")
+                cancel_sent = True
             time.sleep(self.policy.poll_interval_s)
         wall_ms = (time.monotonic() - started) * 1000
         if status == "completed":
@@ -208,6 +292,8 @@ class Migrator:
             )
         if status == "cancelled":
             self._require_source_running()
+            if cancel_sent:
+                return self._result
             raise MigrationError(f"{src.label} -> {dst.label}: migration was cancelled")
         self._wait_destination_running()
         return self._result

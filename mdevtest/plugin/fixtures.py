@@ -23,7 +23,7 @@ from mdevtest.plugin.hooks import CALL_REPORT, state_of
 
 if TYPE_CHECKING:
     from mdevtest.inventory import HostPair
-    from mdevtest.migration import MigrationPolicy, MigrationResult
+    from mdevtest.migration import MigrationPolicy, MigrationResult, TimelinePoint
     from mdevtest.preflight import PreflightReport
     from mdevtest.qemu.machine import RemoteMachine
     from mdevtest.testbed import Testbed, VgpuAllocation
@@ -136,29 +136,60 @@ class MigrationOutcome:
 
 
 @pytest.fixture
+def migration_policy(request: pytest.FixtureRequest, lab: Testbed, pair: HostPair) -> MigrationPolicy:
+    """The test's policy: ``@pytest.mark.policy(...)`` over the inventory's limits.
+
+    A capability the source's QEMU lacks skips the test, naming the QEMU version.
+    """
+    from mdevtest.migration import MigrationPolicy
+
+    marker = request.node.get_closest_marker("policy")
+    options = dict(marker.kwargs) if marker else {}
+    options.setdefault("timeout_s", lab.inventory.limits.migration_timeout_s)
+    policy = MigrationPolicy.from_options(**options)  # validated at collection already
+    caps = lab.facts(pair.source).qemu_caps
+    missing = policy.unsupported(caps.migration_capabilities)
+    if missing:
+        pytest.skip(
+            f"{pair.source}: QEMU {caps.version_text} has no migration capability {', '.join(missing)}"
+        )
+    return policy
+
+
+@pytest.fixture
 def migrate(
-    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair
+    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair, migration_policy: MigrationPolicy
 ) -> Iterator[Callable[..., MigrationOutcome]]:
-    """``migrate(source_machine, policy=None)``: migrate to the pair's destination."""
+    """``migrate(machine, to=None, cancel_when=None)``: migrate over the test's pair (or ``to``).
+
+    Returns a :class:`MigrationOutcome`; the guest then runs on ``outcome.destination`` (which can
+    be migrated again, e.g. back over ``lab.reverse(pair)``). Every migration is recorded in the
+    summary and Allure at teardown, with the checks the test recorded on it.
+    """
     from mdevtest.errors import MigrationError
-    from mdevtest.migration import MigrationPolicy, Migrator
-    from mdevtest.report.attach import attach_migration, attach_text
+    from mdevtest.migration import Migrator
+    from mdevtest.report.attach import attach_json, attach_migration, attach_text
     from mdevtest.report.summary import SummaryWriter, migration_entry
 
     state = state_of(request.config)
     outcomes: list[MigrationOutcome] = []
 
-    def _migrate(source: RemoteMachine, policy: MigrationPolicy | None = None) -> MigrationOutcome:
-        limits = lab.inventory.limits
-        policy = policy or MigrationPolicy(timeout_s=limits.migration_timeout_s)
-        with allure.step(f"start destination on {pair.destination} (-incoming defer)"):
-            destination = lab.start_destination(pair, source)
-        outcome = MigrationOutcome(pair, source, destination, None)
+    def _migrate(
+        source: RemoteMachine,
+        *,
+        to: HostPair | None = None,
+        cancel_when: Callable[[TimelinePoint], bool] | None = None,
+    ) -> MigrationOutcome:
+        route = to or pair
+        with allure.step(f"start destination on {route.destination} (-incoming defer)"):
+            destination = lab.start_destination(route, source)
+        outcome = MigrationOutcome(route, source, destination, None)
         outcomes.append(outcome)
-        migrator = Migrator(source, destination, uri=lab.migration_uri(pair), policy=policy)
-        with allure.step(f"migrate {pair.id} over {migrator.uri}"):
+        migrator = Migrator(source, destination, uri=lab.migration_uri(route), policy=migration_policy)
+        with allure.step(f"migrate {route.id} over {migrator.uri}"):
+            attach_json("migration policy", migration_policy.describe())
             try:
-                outcome.result = migrator.run()
+                outcome.result = migrator.run(cancel_when=cancel_when)
             except MigrationError as exc:
                 outcome.error = str(exc)
                 with contextlib.suppress(MdevtestError):
@@ -167,8 +198,10 @@ def migrate(
             finally:
                 if outcome.result is not None:
                     attach_migration(outcome.result)
+        if not outcome.result.completed:  # a deliberate cancel: the guest stays on the source
+            return outcome
         # The guest runs on the destination now: keep the source's console, then stop it.
-        with allure.step(f"shut down source on {pair.source}"):
+        with allure.step(f"shut down source on {route.source}"):
             outcome.source_status_after = source.status()
             outcome.source_console = source.serial_log()
             source.shutdown()
@@ -178,33 +211,44 @@ def migrate(
 
     report = request.node.stash.get(CALL_REPORT, None)
     verdict = report.outcome if report is not None else "error"
+    entries = []
     for outcome in outcomes:
         with contextlib.suppress(MdevtestError):
             attach_text(f"console {outcome.destination.label}", outcome.destination.serial_log())
             attach_text(f"qemu log {outcome.destination.label}", outcome.destination.log_tail(200))
-        vgpus = {
-            role: lab.vgpus.get(m.tag)
-            for role, m in (("source", outcome.source), ("destination", outcome.destination))
-        }
+        if outcome.result is not None:
+            entries.append(_summary_extra(lab, outcome, verdict))
+    for outcome in outcomes:
         lab.release(outcome.destination)
-        if state.report_dir is not None and outcome.result is not None:
-            src_facts, dst_facts = lab.facts(pair.source), lab.facts(pair.destination)
-            extra = {
-                "verdict": verdict,
-                "error": outcome.error,
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "accel": src_facts.accel,
-                "accel_reason": src_facts.accel_reason,
-                "qemu_version": {
-                    pair.source: src_facts.qemu_version,
-                    pair.destination: dst_facts.qemu_version,
-                },
-                "guest_image": lab.image().description,
-                "vgpu": _vgpu_entry(pair, vgpus),
-                "checks": outcome.checks,
-            }
-            writer = SummaryWriter(state.report_dir, state.worker)
+    if state.report_dir is not None:
+        writer = SummaryWriter(state.report_dir, state.worker)
+        for outcome, extra in zip([o for o in outcomes if o.result is not None], entries, strict=True):
+            assert outcome.result is not None
             writer.add(migration_entry(request.node.nodeid, outcome.result, extra=extra))
+
+
+def _summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dict[str, Any]:
+    route = outcome.pair
+    src_facts, dst_facts = lab.facts(route.source), lab.facts(route.destination)
+    vgpus = {
+        role: lab.vgpus.get(m.tag)
+        for role, m in (("source", outcome.source), ("destination", outcome.destination))
+    }
+    return {
+        "pair": route.id,
+        "verdict": verdict,
+        "error": outcome.error,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "accel": src_facts.accel,
+        "accel_reason": src_facts.accel_reason,
+        "qemu_version": {
+            route.source: src_facts.qemu_version,
+            route.destination: dst_facts.qemu_version,
+        },
+        "guest_image": lab.image().description,
+        "vgpu": _vgpu_entry(route, vgpus),
+        "checks": outcome.checks,
+    }
 
 
 def _vgpu_entry(pair: HostPair, vgpus: dict[str, VgpuAllocation | None]) -> dict[str, Any] | None:
