@@ -2,9 +2,11 @@
 
     mdevtest inventory check PATH      validate an inventory and print the lab it describes
     mdevtest lab up|down|status|reap   manage the embedded local lab (root)
+    mdevtest report                    make the HTML report from Allure results (Allure 2, npm)
 
-Exit codes: 0 success; 1 the lab is not up (``lab status``); 2 bad command line; 3 bad inventory;
-4 the lab or a host failed; 130 interrupted. Errors are one short message, never a traceback.
+Exit codes: 0 success; 1 the lab is not up (``lab status``); 2 bad command line (``report``: no
+results to report on); 3 bad inventory; 4 the lab or a host failed (``report``: node, npm, java or
+the generator failed); 130 interrupted. Errors are one short message, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections.abc import Sequence
 from mdevtest.errors import InventoryError, MdevtestError
 
 DEFAULT_INVENTORY = "inventory/local-lab.yaml"
+DEFAULT_RESULTS = "reports/allure-results"
+DEFAULT_REPORT = "reports/allure-report"
 
 EXIT_OK = 0
 EXIT_NOT_UP = 1
@@ -44,6 +48,38 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--inventory", default=DEFAULT_INVENTORY, metavar="PATH",
                      help=f"local-lab inventory (default: {DEFAULT_INVENTORY})")  # fmt: skip
     lab.add_argument("--no-image", action="store_true", help="lab up: skip the guest image build")
+
+    rep = sub.add_parser("report", help="make the HTML report from Allure results (Allure 2, npm)")
+    rep.add_argument(
+        "--results",
+        default=DEFAULT_RESULTS,
+        metavar="DIR",
+        help=f"Allure results (default: {DEFAULT_RESULTS})",
+    )
+    rep.add_argument(
+        "--out",
+        default=DEFAULT_REPORT,
+        metavar="DIR",
+        help=f"the HTML report, replaced (default: {DEFAULT_REPORT})",
+    )
+    rep.add_argument(
+        "--history",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="carry the trends over from the previous report (default: on)",
+    )
+    rep.add_argument(
+        "--history-from",
+        metavar="DIR",
+        default=None,
+        help="the previous report, if not --out (e.g. last night's, downloaded)",
+    )
+    rep.add_argument(
+        "--cache",
+        metavar="DIR",
+        default=None,
+        help="where the generator is installed (default: /var/cache/mdevtest/npm)",
+    )
     return parser
 
 
@@ -83,11 +119,36 @@ def _lab(action: str, inventory_path: str, *, no_image: bool) -> int:
     return EXIT_OK
 
 
+def _report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mdevtest.report.html import NoResults, generate_report
+
+    try:
+        report = generate_report(
+            args.results,
+            args.out,
+            history=args.history,
+            history_from=args.history_from,
+            cache_dir=Path(args.cache) if args.cache else None,
+            progress=_progress,
+        )
+    except NoResults as exc:
+        print(f"mdevtest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    counts = ", ".join(f"{v} {k}" for k, v in report.statistic.items() if k != "total" and v)
+    _progress(f"report of {report.tests} test(s) ({counts or 'none'}) in {report.seconds:.1f} s")
+    print(report.index)
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "inventory":
             return _inventory_check(args.path)
+        if args.command == "report":
+            return _report(args)
         return _lab(args.action, args.inventory, no_image=args.no_image)
     except InventoryError as exc:
         print(f"mdevtest: {exc}", file=sys.stderr)

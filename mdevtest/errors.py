@@ -142,4 +142,11 @@ class StateError(MdevtestError):
 
 
 class CheckFailed(MdevtestError):
-    """A verification check found a product problem (not an infrastructure one)."""
+    """A verification check found a product problem (not an infrastructure one).
+
+    ``values`` carries what was measured (which page, pixel, register differed) for the report.
+    """
+
+    def __init__(self, message: str, values: dict[str, object] | None = None) -> None:
+        self.values = dict(values or {})
+        super().__init__(message)

@@ -185,6 +185,8 @@ class VgpuSpec(_Model):
     parent: NonEmptyStr | None = None
     """Parent device, e.g. ``0000:00:02.0``; None means any parent that offers ``type``."""
     use_mdevctl: bool = False
+    limits: Limits | None = None
+    """Limits for this vGPU profile, over the inventory's (a test's ``limits`` marker wins)."""
 
 
 class HostPair(_Model):

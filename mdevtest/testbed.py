@@ -15,7 +15,7 @@ import shlex
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -51,6 +51,10 @@ class ImageFiles:
     description: str
 
 
+#: Size of the synthetic workload's DMA pattern disk.
+PATTERN_DISK_MIB = 32
+
+
 def new_run_id() -> str:
     """Shared by all xdist workers of one run (so none reaps another's machines)."""
     return os.environ.get("PYTEST_XDIST_TESTRUNUID", uuid.uuid4().hex)[:12]
@@ -71,6 +75,7 @@ class Testbed:
         self._lock = threading.Lock()
         self._serial = 0
         self.vgpus: dict[str, VgpuAllocation] = {}  # machine tag -> its mdev
+        self._controller_addr: dict[str, str] = {}
 
     def remote(self, host: str) -> Remote:
         return self.pool[host]
@@ -133,27 +138,61 @@ class Testbed:
     def image_on(self, host: str) -> tuple[str, str]:
         """Kernel and initrd paths on ``host``, uploading them once if the host lacks them."""
         image = self.image()
-        remote = self.remote(host)
-        base = f"{remote.host.state_dir}/images/{image.digest}"
+        base = f"{self.remote(host).host.state_dir}/images/{image.digest}"
         kernel, initrd = f"{base}/vmlinuz", f"{base}/initrd.img"
-        with self._lock:
-            if (host, image.digest) not in self._uploaded:
-                present = remote.run_shell(
-                    f"test -s {shlex.quote(kernel)} && test -s {shlex.quote(initrd)}", timeout=30
-                )
-                if present.rc != 0:
-                    remote.check(["mkdir", "-p", base], timeout=30)
-                    remote.put(image.kernel, kernel, timeout=300)
-                    remote.put(image.initrd, initrd, timeout=300)
-                self._uploaded.add((host, image.digest))
+        self._ensure_files(host, {kernel: image.kernel, initrd: image.initrd})
         return kernel, initrd
+
+    def pattern_disk_on(self, host: str) -> str | None:
+        """The synthetic workload's DMA pattern disk on ``host`` (same bytes on every host)."""
+        if self.inventory.guest.image.kind != "lab-synthetic":
+            return None
+        from mdevtest.lab.image import DEFAULT_CACHE_DIR
+        from mdevtest.workloads.synthetic import write_pattern_disk
+
+        local = DEFAULT_CACHE_DIR / f"pattern-{PATTERN_DISK_MIB}m.img"
+        with self._lock:
+            if not local.exists():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                write_pattern_disk(local, PATTERN_DISK_MIB)
+        remote_path = f"{self.remote(host).host.state_dir}/images/{local.name}"
+        self._ensure_files(host, {remote_path: local})
+        return remote_path
+
+    def _ensure_files(self, host: str, files: dict[str, Path]) -> None:
+        """Upload controller files to ``host`` once per session, unless already there."""
+        remote = self.remote(host)
+        with self._lock:
+            missing = [(r, loc) for r, loc in files.items() if (host, r) not in self._uploaded]
+            if not missing:
+                return
+            test = " && ".join(f"test -s {shlex.quote(r)}" for r, _ in missing)
+            if remote.run_shell(test, timeout=30).rc != 0:
+                for target, local in missing:
+                    remote.check(["mkdir", "-p", target.rsplit("/", 1)[0]], timeout=30)
+                    remote.put(local, target, timeout=300)
+            self._uploaded.update((host, r) for r, _ in missing)
+
+    def controller_address(self, host: str) -> str:
+        """The controller's address as ``host`` sees it (from the SSH session itself)."""
+        with self._lock:
+            if host not in self._controller_addr:
+                seen = self.remote(host).check_shell("echo $SSH_CONNECTION", timeout=30).stdout.split()
+                if not seen:
+                    raise MachineError(
+                        f"{host}: cannot tell the controller's address (no SSH_CONNECTION)"
+                    )
+                self._controller_addr[host] = seen[0]
+            return self._controller_addr[host]
 
     # -- machines --------------------------------------------------------------------------------
 
-    def machine_spec(self, host: str, *, name: str, vgpu: VgpuAllocation | None = None) -> MachineSpec:
+    def machine_spec(
+        self, host: str, *, name: str, vgpu: VgpuAllocation | None = None, extra_append: str = ""
+    ) -> MachineSpec:
         guest = self.inventory.guest
         kernel, initrd = self.image_on(host)
-        append = " ".join(x for x in (self.image().append, guest.extra_append) if x)
+        append = " ".join(x for x in (self.image().append, guest.extra_append, extra_append) if x)
         extra: tuple[str, ...] = ()
         if vgpu is not None:
             profile = get_profile(vgpu.vendor)
@@ -167,6 +206,7 @@ class Testbed:
             append=append,
             accel=self.facts(host).accel,
             extra_args=extra,
+            pattern_disk=self.pattern_disk_on(host),
         )
 
     def allocate_vgpu(
@@ -202,10 +242,10 @@ class Testbed:
             self._serial += 1
             return f"{role}{self._serial}"
 
-    def start_source(self, pair: HostPair) -> RemoteMachine:
+    def start_source(self, pair: HostPair, *, extra_append: str = "") -> RemoteMachine:
         """Start the guest on the pair's source and wait until its workload reports READY."""
         vgpu = self.allocate_vgpu(pair, pair.source)
-        machine = self._machine(pair.source, vgpu, name=self.next_name("vm"))
+        machine = self._machine(pair.source, vgpu, name=self.next_name("vm"), extra_append=extra_append)
         try:
             machine.start()
             wait_ready(machine, timeout=self.inventory.guest.boot_timeout_s)
@@ -215,11 +255,17 @@ class Testbed:
         return machine
 
     def _machine(
-        self, host: str, vgpu: VgpuAllocation | None, *, name: str, incoming: bool = False
+        self,
+        host: str,
+        vgpu: VgpuAllocation | None,
+        *,
+        name: str,
+        incoming: bool = False,
+        extra_append: str = "",
     ) -> RemoteMachine:
         """A machine object owning ``vgpu`` (released with it); the mdev goes if this fails."""
         try:
-            spec = self.machine_spec(host, name=name, vgpu=vgpu)
+            spec = self.machine_spec(host, name=name, vgpu=vgpu, extra_append=extra_append)
             if incoming:
                 spec = spec.as_destination()
             machine = RemoteMachine(self.remote(host), spec, run_id=self.run_id)
@@ -244,7 +290,9 @@ class Testbed:
         vgpu = self.allocate_vgpu(
             pair, pair.destination, uuid=src_vgpu.instance.uuid if src_vgpu else None
         )
-        machine = self._machine(pair.destination, vgpu, name=f"{source.spec.name}-in", incoming=True)
+        machine = self._machine(pair.destination, vgpu, name=self.next_name("in"), incoming=True)
+        # The same kernel command line as the source (the guest's workload options live there).
+        machine.spec = replace(machine.spec, append=source.spec.append)
         try:
             machine.start()
         except BaseException:

@@ -4,7 +4,15 @@ Thin by design: options and session state live in :mod:`.hooks`, fixtures in :mo
 is done by the library (:class:`mdevtest.testbed.Testbed`, :class:`mdevtest.migration.Migrator`).
 """
 
-from mdevtest.plugin.fixtures import guest, lab, migrate, migration_policy, pair, preflight
+from mdevtest.plugin.fixtures import (
+    guest,
+    lab,
+    migrate,
+    migration_limits,
+    migration_policy,
+    pair,
+    preflight,
+)
 from mdevtest.plugin.hooks import (
     pytest_addoption,
     pytest_configure,
@@ -19,6 +27,7 @@ __all__ = [
     "guest",
     "lab",
     "migrate",
+    "migration_limits",
     "migration_policy",
     "pair",
     "preflight",

@@ -22,7 +22,9 @@ from mdevtest.errors import MdevtestError
 from mdevtest.plugin.hooks import CALL_REPORT, state_of
 
 if TYPE_CHECKING:
-    from mdevtest.inventory import HostPair
+    from mdevtest.checks.base import Check, CheckContext, CheckResult
+    from mdevtest.guest import Guest
+    from mdevtest.inventory import HostPair, Limits
     from mdevtest.migration import MigrationPolicy, MigrationResult, TimelinePoint
     from mdevtest.preflight import PreflightReport
     from mdevtest.qemu.machine import RemoteMachine
@@ -98,41 +100,89 @@ def preflight(request: pytest.FixtureRequest, lab: Testbed, pair: HostPair) -> P
 
 
 @pytest.fixture
-def guest(lab: Testbed, pair: HostPair, preflight: PreflightReport) -> Iterator[RemoteMachine]:
-    """The guest, booted on the pair's source (after preflight) and running its workload."""
+def guest(lab: Testbed, pair: HostPair, preflight: PreflightReport) -> Iterator[Guest]:
+    """The guest, booted on the pair's source (after preflight) and running its workload.
+
+    Its UDP heartbeat goes to an observer on the controller (the guest-observed downtime).
+    """
+    from mdevtest.checks.observer import HeartbeatObserver
+    from mdevtest.guest import Guest
     from mdevtest.report.attach import attach_text
 
     allure.dynamic.parameter("pair", pair.id)
-    with allure.step(f"boot guest on {pair.source}"):
+    with contextlib.ExitStack() as stack:
+        observer = stack.enter_context(HeartbeatObserver())
+        with allure.step(f"boot guest on {pair.source}"):
+            try:
+                address = lab.controller_address(pair.source)
+                machine = lab.start_source(pair, extra_append=f"mdt.udp={address}:{observer.port}")
+            except MdevtestError as exc:
+                pytest.fail(f"boot on {pair.source}: {exc}", pytrace=False)
+        guest = Guest(machine, observer)
         try:
-            machine = lab.start_source(pair)
-        except MdevtestError as exc:
-            pytest.fail(f"boot on {pair.source}: {exc}", pytrace=False)
-    try:
-        yield machine
-    finally:
-        with allure.step(f"teardown guest on {pair.source}"):
-            with contextlib.suppress(MdevtestError):
-                attach_text(f"console {machine.label}", machine.serial_log())
-                attach_text(f"qemu log {machine.label}", machine.log_tail(200))
-            lab.release(machine)
+            yield guest
+        finally:
+            with allure.step(f"teardown guest on {pair.source}"):
+                with contextlib.suppress(MdevtestError):
+                    attach_text(f"console {machine.label}", machine.serial_log())
+                    attach_text(f"qemu log {machine.label}", machine.log_tail(200))
+                lab.release(machine)
+
+
+@pytest.fixture
+def migration_limits(request: pytest.FixtureRequest, lab: Testbed, pair: HostPair) -> Limits:
+    """Limits: `@pytest.mark.limits(...)`, else the vGPU profile's, else the inventory's."""
+    limits = lab.inventory.limits
+    if pair.vgpu is not None and pair.vgpu.limits is not None:
+        limits = pair.vgpu.limits
+    marker = request.node.get_closest_marker("limits")
+    if marker is not None:
+        limits = limits.model_copy(update=dict(marker.kwargs))
+    return limits
 
 
 @dataclass
 class MigrationOutcome:
-    """A migration made by the ``migrate`` fixture, with the checks the test recorded on it."""
+    """A migration made by the ``migrate`` fixture, with its checks' results."""
 
     pair: HostPair
     source: RemoteMachine
     destination: RemoteMachine
     result: MigrationResult | None
+    context: CheckContext | None = None
     error: str | None = None
     source_console: str = ""
     source_status_after: str | None = None
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    check_results: dict[str, CheckResult] = field(default_factory=dict)
+    checks_seconds: float = 0.0
+    _pending: list[Check] = field(default_factory=list)
 
     def record_check(self, name: str, status: str, values: dict[str, Any], method: str) -> None:
         self.checks[name] = {"status": status, "values": values, "method": method}
+
+    def verify(self) -> dict[str, CheckResult]:
+        """Run the checks' after-phase (once); record results for Allure and the summary."""
+        from mdevtest.checks.base import run_after
+        from mdevtest.report.attach import attach_json
+
+        if self._pending and self.context is not None:
+            started = time.monotonic()
+            with allure.step(f"verify {self.pair.id}"):
+                self.check_results = run_after(self._pending, self.context, already=self.check_results)
+                for name, res in self.check_results.items():
+                    self.checks[name] = res.to_json()
+                attach_json("checks", self.checks)
+            self.checks_seconds += time.monotonic() - started
+            self._pending = []
+        return self.check_results
+
+    def raise_for_checks(self) -> None:
+        """Fail naming every failed check and what differed."""
+        __tracebackhide__ = True
+        from mdevtest.checks.base import raise_for_failures
+
+        raise_for_failures(self.verify())
 
 
 @pytest.fixture
@@ -158,36 +208,56 @@ def migration_policy(request: pytest.FixtureRequest, lab: Testbed, pair: HostPai
 
 @pytest.fixture
 def migrate(
-    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair, migration_policy: MigrationPolicy
+    request: pytest.FixtureRequest,
+    lab: Testbed,
+    pair: HostPair,
+    migration_policy: MigrationPolicy,
+    migration_limits: Limits,
 ) -> Iterator[Callable[..., MigrationOutcome]]:
-    """``migrate(machine, to=None, cancel_when=None)``: migrate over the test's pair (or ``to``).
+    """``migrate(guest, to=None, cancel_when=None, verify=True, checks=None)``.
 
-    Returns a :class:`MigrationOutcome`; the guest then runs on ``outcome.destination`` (which can
-    be migrated again, e.g. back over ``lab.reverse(pair)``). Every migration is recorded in the
-    summary and Allure at teardown, with the checks the test recorded on it.
+    Migrates the guest over the test's pair (or ``to``), with every standard check (or ``checks``):
+    snapshots before, judgement after (``verify=False`` leaves that to ``outcome.verify()``, for
+    tests that inject a fault first). The guest then runs on ``outcome.destination``. Every
+    migration goes into the summary and Allure at teardown, with its checks.
     """
+    from mdevtest.checks.base import CheckContext, run_before
+    from mdevtest.checks.standard import standard_checks
     from mdevtest.errors import MigrationError
     from mdevtest.migration import Migrator
     from mdevtest.report.attach import attach_json, attach_migration, attach_text
     from mdevtest.report.summary import SummaryWriter, migration_entry
+    from mdevtest.vendors import get_profile
 
     state = state_of(request.config)
     outcomes: list[MigrationOutcome] = []
 
     def _migrate(
-        source: RemoteMachine,
+        guest: Guest,
         *,
         to: HostPair | None = None,
         cancel_when: Callable[[TimelinePoint], bool] | None = None,
+        verify: bool = True,
+        checks: list[Check] | None = None,
     ) -> MigrationOutcome:
         route = to or pair
+        source = guest.machine
+        profile = get_profile(route.vgpu.vendor) if route.vgpu else None
+        ctx = CheckContext(lab, route, guest, source, migration_limits, migration_policy, profile)
+        chosen = standard_checks() if checks is None else checks
+        started = time.monotonic()
+        with allure.step("snapshot before migration"):
+            early = run_before(chosen, ctx)
+        before_s = time.monotonic() - started
         with allure.step(f"start destination on {route.destination} (-incoming defer)"):
             destination = lab.start_destination(route, source)
-        outcome = MigrationOutcome(route, source, destination, None)
+        outcome = MigrationOutcome(route, source, destination, None, ctx, check_results=early)
+        outcome.checks_seconds = before_s
         outcomes.append(outcome)
         migrator = Migrator(source, destination, uri=lab.migration_uri(route), policy=migration_policy)
         with allure.step(f"migrate {route.id} over {migrator.uri}"):
             attach_json("migration policy", migration_policy.describe())
+            ctx.migrate_started = time.monotonic()
             try:
                 outcome.result = migrator.run(cancel_when=cancel_when)
             except MigrationError as exc:
@@ -196,15 +266,22 @@ def migrate(
                     outcome.result = migrator.result
                 raise
             finally:
+                ctx.migrate_finished = time.monotonic()
+                ctx.result = outcome.result
                 if outcome.result is not None:
                     attach_migration(outcome.result)
         if not outcome.result.completed:  # a deliberate cancel: the guest stays on the source
             return outcome
+        ctx.destination = destination
+        guest.moved_to(destination)
         # The guest runs on the destination now: keep the source's console, then stop it.
         with allure.step(f"shut down source on {route.source}"):
             outcome.source_status_after = source.status()
             outcome.source_console = source.serial_log()
             source.shutdown()
+        outcome._pending = list(chosen)
+        if verify:
+            outcome.verify()
         return outcome
 
     yield _migrate
@@ -236,6 +313,10 @@ def _summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dic
     }
     return {
         "pair": route.id,
+        "checks_seconds": round(outcome.checks_seconds, 3),
+        "observed_downtime_ms": outcome.checks.get("downtime", {})
+        .get("values", {})
+        .get("observed_downtime_ms"),
         "verdict": verdict,
         "error": outcome.error,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

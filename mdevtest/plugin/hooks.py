@@ -118,6 +118,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "cross_version: the pair may run different QEMU / vendor-driver versions"
     )
+    config.addinivalue_line(
+        "markers", "pairs(*ids | n): run only on these pair ids, or the first n pairs"
+    )
+    config.addinivalue_line("markers", "policy(**options): the migration policy (see MigrationPolicy)")
+    config.addinivalue_line("markers", "limits(downtime_ms=, total_time_s=): limits for this test")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -131,6 +136,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              ids=["no-inventory"])  # fmt: skip
         return
     pairs = [p for p in state.inventory.pairs if not state.pair_filter or p.id in state.pair_filter]
+    marker = metafunc.definition.get_closest_marker("pairs")
+    if marker is not None:  # the test limits itself to some pairs (by id), or to the first N
+        wanted = marker.args
+        if len(wanted) == 1 and isinstance(wanted[0], int):
+            pairs = pairs[: wanted[0]]
+        else:
+            pairs = [p for p in pairs if p.id in wanted]
     if state.pair_filter and not pairs:
         known = ", ".join(p.id for p in state.inventory.pairs)
         raise pytest.UsageError(f"--mdevtest-pairs matches no pair of the inventory; known: {known}")

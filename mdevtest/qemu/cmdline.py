@@ -26,6 +26,8 @@ class MachineSpec:
     mac: str = "52:54:00:12:34:56"
     incoming: str | None = None  # "defer" for a migration destination
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    control_channel: bool = True  # a second UART (ttyS1) for the guest workload's commands
+    pattern_disk: str | None = None  # read-only disk the guest DMAs from (the DMA probe)
 
     def as_destination(self) -> MachineSpec:
         return replace(self, incoming="defer")
@@ -57,6 +59,18 @@ class MachinePaths:
     def pidfile(self) -> str:
         return f"{self.root}/qemu.pid"
 
+    @property
+    def vnc_sock(self) -> str:
+        return f"{self.root}/vnc.sock"
+
+    @property
+    def ctl_sock(self) -> str:
+        return f"{self.root}/ctl.sock"
+
+    @property
+    def ctl_log(self) -> str:
+        return f"{self.root}/ctl.log"
+
 
 def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) -> list[str]:
     """The full argument vector. ``tag`` goes into ``-name`` so leftovers are recognisable."""
@@ -76,6 +90,7 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
         # The stand-in for the vGPU's display in the local lab: an emulated VGA (screendump works).
         "-vga", "std",
         "-display", "none",
+        "-vnc", f"unix:{paths.vnc_sock}",  # the capture path for displays screendump cannot read
         "-chardev", f"socket,id=qmp0,path={paths.qmp},server=on,wait=off",
         "-mon", "chardev=qmp0,mode=control",
         "-chardev",
@@ -86,6 +101,17 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
         "-pidfile", paths.pidfile,
         *spec.extra_args,
     ]  # fmt: skip
+    if spec.control_channel:
+        argv += [
+            "-chardev",
+            f"socket,id=ctl0,path={paths.ctl_sock},server=on,wait=off,logfile={paths.ctl_log}",
+            "-device", "isa-serial,chardev=ctl0,index=1",
+        ]  # fmt: skip
+    if spec.pattern_disk is not None:
+        argv += [
+            "-drive", f"file={spec.pattern_disk},if=none,id=pat0,format=raw,readonly=on",
+            "-device", "virtio-blk-pci,drive=pat0",
+        ]  # fmt: skip
     if spec.incoming is not None:
         argv += ["-incoming", spec.incoming]
     return argv

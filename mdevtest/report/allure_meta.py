@@ -1,0 +1,315 @@
+"""What the Allure report needs besides the test results: environment, categories, executor, history.
+
+Allure 2 reads these files from the results directory when it generates the report:
+
+- ``environment.properties``: the *Environment* widget (host kernels, QEMU, driver versions, guest
+  image), in Java properties format (:func:`write_environment`);
+- ``categories.json``: the *Categories* tab, which sorts failures by what went wrong
+  (:data:`CATEGORIES`, :func:`write_categories`);
+- ``executor.json``: the *Executors* widget and the build labels of the trend graphs
+  (:func:`write_executor`);
+- ``history/``: the trends, carried over from the previous report (:func:`copy_history`).
+
+Allure matches a category when the test's status is one of ``matchedStatuses`` and the whole
+status message matches ``messageRegex`` and the whole trace ``traceRegex`` (Java regex, full match,
+``DOTALL``); a test lands in every category it matches, so ours are written not to overlap. The
+message is what allure-pytest records: ``ExceptionInfo.exconly()``, e.g.
+``mdevtest.errors.MigrationFailed: host-a/vm1 -> host-b/vm1: migration failed: ...``,
+``AssertionError: host-a->host-b: downtime 612 ms > limit 500 ms`` or, for ``pytest.fail``,
+``Failed: host-a->host-b: preflight failed: ...``. Assertion failures and ``pytest.fail`` give
+status ``failed``, any other exception ``broken``. Tests nothing matches keep Allure's defaults
+("Product defects" for failed, "Test defects" for broken).
+
+History ids: allure-pytest hashes the test's full name with every parameter not marked
+``excluded``. A per-run value attached as a parameter (an mdev UUID, a timestamp, a port) would give
+each run a new history id and break the trends, so attach such values with
+:func:`history_safe_parameter`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+Status = Literal["failed", "broken", "passed", "skipped", "unknown"]
+
+ENVIRONMENT = "environment.properties"
+CATEGORIES_FILE = "categories.json"
+EXECUTOR = "executor.json"
+HISTORY = "history"
+
+
+# -- environment.properties --------------------------------------------------------------------
+
+
+def write_environment(results_dir: str | Path, facts: Mapping[str, str]) -> Path:
+    """Write ``environment.properties`` (keys in the given order); return its path."""
+    lines = [f"{_escape(k, key=True)}={_escape(str(v), key=False)}" for k, v in facts.items()]
+    return _write(Path(results_dir) / ENVIRONMENT, "\n".join(lines) + "\n" if lines else "")
+
+
+def _escape(text: str, *, key: bool) -> str:
+    """Escape like ``java.util.Properties.store``: the file is read as ISO-8859-1, so every
+    character outside printable ASCII becomes ``\\uXXXX`` (UTF-16 units)."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch == " ":
+            out.append("\\ " if key or i == 0 else " ")
+        elif ch in "\\=:#!":
+            out.append("\\" + ch)
+        elif ch in "\t\n\r\f":
+            out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r", "\f": "\\f"}[ch])
+        elif " " < ch <= "~":
+            out.append(ch)
+        else:
+            data = ch.encode("utf-16-be")  # two bytes, or four for a surrogate pair
+            out += [f"\\u{data[j] << 8 | data[j + 1]:04X}" for j in range(0, len(data), 2)]
+    return "".join(out)
+
+
+class _HostFactsLike(Protocol):
+    name: str
+    kernel: str
+    qemu_version: str
+    accel: str
+
+
+def environment_facts(
+    hosts: Iterable[_HostFactsLike],
+    *,
+    guest_image: str | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a run: per host ``<host>.kernel``, ``<host>.qemu``, ``<host>.accel``,
+    then ``guest.image`` and whatever ``extra`` adds (vendor driver versions, the inventory)."""
+    facts: dict[str, str] = {}
+    for h in sorted(hosts, key=lambda h: h.name):
+        facts[f"{h.name}.kernel"] = h.kernel
+        facts[f"{h.name}.qemu"] = h.qemu_version
+        facts[f"{h.name}.accel"] = str(h.accel)
+    if guest_image is not None:
+        facts["guest.image"] = guest_image
+    facts.update(extra or {})
+    return facts
+
+
+# -- categories.json ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Category:
+    """One Allure category. Regexes are Java regexes matched against the whole text (DOTALL)."""
+
+    name: str
+    matched_statuses: tuple[Status, ...]
+    message_regex: str | None = None
+    trace_regex: str | None = None
+    description: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"name": self.name, "matchedStatuses": list(self.matched_statuses)}
+        if self.message_regex is not None:
+            doc["messageRegex"] = self.message_regex
+        if self.trace_regex is not None:
+            doc["traceRegex"] = self.trace_regex
+        if self.description:
+            doc["description"] = self.description
+        return doc
+
+    def matches(self, status: str, message: str | None, trace: str | None = None) -> bool:
+        """Allure 2's rule (``CategoriesPlugin.matches``), for tests and terminal summaries."""
+        if self.matched_statuses and status not in self.matched_statuses:
+            return False
+        for regex, text in ((self.message_regex, message), (self.trace_regex, trace)):
+            if regex is not None and (
+                text is None or re.fullmatch(regex, text, re.DOTALL | re.ASCII) is None
+            ):
+                return False
+        return True
+
+
+_FAIL: tuple[Status, ...] = ("failed", "broken")
+_E = r"mdevtest\.errors\."  # how allure-pytest names our exceptions in a message
+_INFRA = "Infrastructure (SSH, QEMU, lab)"
+
+#: Our categories, in the order the Categories tab lists them.
+CATEGORIES: tuple[Category, ...] = (
+    Category(
+        "Migration failed",
+        _FAIL,
+        message_regex=(
+            rf"(?:{_E}Migration(?:Failed|TimedOut|Blocked|Error): "
+            r"|AssertionError: migration status (?!completed)).*"
+        ),
+        description="QEMU reported failed, the migration timed out and was cancelled, was "
+        "blocked (blocked-reasons), or the guest did not run on either side afterwards",
+    ),
+    Category(
+        "Downtime exceeded",
+        _FAIL,
+        message_regex=(
+            rf"(?:AssertionError|Failed|{_E}CheckFailed): "
+            r"[^\n]*\bdowntime [0-9.]+ ?ms (?:>|exceeds|is over)[^\n]*\blimit\b.*"
+        ),
+        description="the migration completed, but the guest stopped longer than the limit",
+    ),
+    Category(
+        "Graphics corrupted",
+        _FAIL,
+        message_regex=(
+            rf"(?:AssertionError|Failed|{_E}CheckFailed): [^\n]*(?:"
+            r"cannot decode a frame number"
+            r"|frame \d+: \d+ of \d+ pixels differ"
+            r"|display frozen at frame"
+            r"|guest check VERIFY-VRAM says"
+            r").*"
+        ),
+        description="the display after migration is not the frame the workload drew, is "
+        "frozen, or graphics memory (VRAM) changed",
+    ),
+    Category(
+        "Device-state mismatch",
+        _FAIL,
+        message_regex=(
+            rf"(?:AssertionError|Failed|{_E}CheckFailed): [^\n]*(?:"
+            r"heartbeat: "
+            r"|guest check (?:VERIFY-RAM|VERIFY-DMA|STATE|PING) says"
+            r"|display mode changed: "
+            r"|PCI \S+ (?:\([^)]*\) )?(?:appeared|disappeared|changed identity|config space changed)"
+            r"|interrupt counter \S+ \(irq [^)]*\) went backwards"
+            r"|interrupts stopped: "
+            r"|interrupt \S+ \(irq [^)]*\) is gone"
+            r"|device.state mismatch"
+            r").*"
+        ),
+        description="the guest or the device did not continue where it stopped: heartbeat "
+        "gaps, RAM/DMA contents, PCI config space, interrupts, device state",
+    ),
+    Category(
+        "Preflight failed",
+        (*_FAIL, "skipped"),
+        message_regex=rf"(?:Failed|Skipped|{_E}PreflightFailed): [^\n]*\bpreflight failed: .*",
+        description="the host pair is not fit for the test (missing vGPU type, driver or "
+        "QEMU feature); skipped with --mdevtest-preflight=skip",
+    ),
+    Category(
+        _INFRA,
+        _FAIL,
+        message_regex=(
+            rf"(?:{_E}(?:RemoteError|ConnectFailed|CommandFailed|CommandTimedOut|QmpError"
+            r"|MachineError|LabError|MdevError|GuestError): "
+            r"|Failed: (?:local lab: |cannot prepare the lab hosts: |boot on \S+: )"
+            r"|(?:paramiko|invoke|qemu\.qmp)(?:\.\w+)+: "
+            r"|socket\.\w+: |(?:Connection\w*|BrokenPipe|EOF|Timeout)Error: "
+            r").*"
+        ),
+        description="SSH, a remote command, QMP, QEMU start/stop, mdev creation or the local "
+        "lab failed: rerun or fix the lab before reading it as a product defect",
+    ),
+    Category(
+        # Same name: Allure merges both into one group. An unexpected exception (not one of
+        # ours, not an assertion) whose traceback runs through the SSH/QEMU/lab layers.
+        _INFRA,
+        ("broken",),
+        message_regex=r"(?!mdevtest\.errors\.|AssertionError|Failed: |Skipped: ).*",
+        trace_regex=r".*\bmdevtest[/\\](?:remote|host|testbed|qemu[/\\]\w+|lab[/\\]\w+)\.py\b.*",
+    ),
+)
+
+
+def write_categories(results_dir: str | Path, categories: Sequence[Category] = CATEGORIES) -> Path:
+    """Write ``categories.json``; return its path."""
+    doc = [c.to_json() for c in categories]
+    return _write(Path(results_dir) / CATEGORIES_FILE, json.dumps(doc, indent=2) + "\n")
+
+
+def categorize(
+    status: str,
+    message: str | None,
+    trace: str | None = None,
+    categories: Sequence[Category] = CATEGORIES,
+) -> list[str]:
+    """The category names Allure will give a result (without its default categories)."""
+    names: list[str] = []
+    for c in categories:
+        if c.name not in names and c.matches(status, message, trace):
+            names.append(c.name)
+    return names
+
+
+# -- executor.json -----------------------------------------------------------------------------
+
+
+def write_executor(
+    results_dir: str | Path,
+    name: str,
+    build_name: str,
+    url: str | None = None,
+    *,
+    build_order: int | None = None,
+    report_url: str | None = None,
+    executor_type: str = "mdevtest",
+) -> Path:
+    """Write ``executor.json``: who ran this (a CI job, a developer) and which build.
+
+    ``build_name`` labels this run in the trend graphs; ``build_order`` (increasing per run)
+    orders them; ``url`` links the build page, ``report_url`` the published report.
+    """
+    doc: dict[str, Any] = {"name": name, "type": executor_type, "buildName": build_name}
+    if url is not None:
+        doc["url"] = url
+        doc["buildUrl"] = url
+    if build_order is not None:
+        doc["buildOrder"] = build_order
+    if report_url is not None:
+        doc["reportUrl"] = report_url
+    return _write(Path(results_dir) / EXECUTOR, json.dumps(doc, indent=2) + "\n")
+
+
+# -- history -----------------------------------------------------------------------------------
+
+
+def copy_history(previous_report_dir: str | Path, results_dir: str | Path) -> int:
+    """Copy ``<previous report>/history/*`` into ``<results>/history/`` (Allure 2 trends).
+
+    Returns the number of files copied: 0 when there is no previous report (a first run).
+    """
+    source = Path(previous_report_dir) / HISTORY
+    if not source.is_dir():
+        return 0
+    target = Path(results_dir) / HISTORY
+    target.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for item in sorted(source.iterdir()):
+        if item.is_file():
+            shutil.copyfile(item, target / item.name)
+            copied += 1
+    return copied
+
+
+def history_safe_parameter(name: str, value: object) -> None:
+    """Show a per-run value (mdev UUID, start time, port) as a test parameter without changing
+    the test's history id, so its trend stays one line across runs.
+
+    Same as ``allure.dynamic.parameter(name, value, excluded=True)``: use it for every value
+    that differs between two runs of the same test; stable values (pair, vGPU type, workload,
+    policy) stay ordinary parameters so that different configurations keep separate histories.
+    No-op when Allure is not recording.
+    """
+    import allure
+
+    allure.dynamic.parameter(name, value, excluded=True)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
