@@ -63,6 +63,12 @@ POLICY_OPTIONS: dict[str, str] = {
 }
 
 
+#: Capabilities a policy may turn on; turned off again for a migration whose policy does not.
+RESETTABLE_CAPABILITIES = ("multifd", "auto-converge", "switchover-ack", "return-path")
+#: Parameters a policy may set; restored to the source's first values otherwise.
+POLICY_PARAMETERS = ("downtime-limit", "max-bandwidth", "multifd-channels")
+
+
 @dataclass(frozen=True)
 class MigrationPolicy:
     """How to migrate. ``None`` leaves QEMU's default."""
@@ -227,11 +233,23 @@ class Migrator:
         return self._result
 
     def prepare(self) -> None:
-        """Capabilities on both sides, parameters on the source, destination listening."""
+        """Capabilities on both sides, parameters on the source, destination listening.
+
+        A QEMU keeps capabilities and parameters from one migration to the next (a guest that
+        was migrated, or a cancelled attempt), so everything a policy can touch is set
+        explicitly: policy values over the values the source had when first seen.
+        """
         caps = self.policy.all_capabilities()
         for machine in (self.source, self.destination):
-            machine.qmp.execute("migrate-set-capabilities", {"capabilities": caps})
-        params: dict[str, Any] = dict(self.policy.parameters)
+            known = {c["capability"] for c in machine.qmp.execute("query-migrate-capabilities")}
+            wanted = {c["capability"] for c in caps}
+            resets = [
+                {"capability": c, "state": False} for c in RESETTABLE_CAPABILITIES if c in known - wanted
+            ]
+            machine.qmp.execute("migrate-set-capabilities", {"capabilities": resets + caps})
+        defaults = self.source.initial_migration_parameters()
+        params: dict[str, Any] = {k: v for k, v in defaults.items() if k in POLICY_PARAMETERS}
+        params.update(self.policy.parameters)
         if self.policy.downtime_limit_ms is not None:
             params["downtime-limit"] = self.policy.downtime_limit_ms
         if self.policy.max_bandwidth_bytes is not None:

@@ -228,6 +228,12 @@ class Testbed:
     def release_vgpu(self, vgpu: VgpuAllocation) -> None:
         self.mdevs(vgpu.host).remove(vgpu.instance.uuid, missing_ok=True)
 
+    def release_vgpu_of(self, machine: RemoteMachine) -> None:
+        """Remove a stopped machine's mdev now (the guest left it), keeping its files."""
+        vgpu = self.vgpus.pop(machine.tag, None)
+        if vgpu is not None:
+            self.release_vgpu(vgpu)
+
     def release(self, machine: RemoteMachine) -> None:
         """Stop a machine, remove its files and its mdev. Idempotent; keeps going past errors."""
         machine.shutdown()
@@ -299,6 +305,16 @@ class Testbed:
             self.release(machine)
             raise
         return machine
+
+    def reverse(self, pair: HostPair) -> HostPair:
+        """The inventory's pair that leads back (destination -> source), for round trips."""
+        for candidate in self.inventory.pairs:
+            if (candidate.source, candidate.destination) == (pair.destination, pair.source):
+                return candidate
+        raise MachineError(
+            f"{pair.id}: the inventory has no pair {pair.destination}->{pair.source} to migrate back "
+            "over; add it (with the source's migration address)"
+        )
 
     @staticmethod
     def migration_uri(pair: HostPair) -> str:

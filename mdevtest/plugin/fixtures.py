@@ -156,6 +156,7 @@ class MigrationOutcome:
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     check_results: dict[str, CheckResult] = field(default_factory=dict)
     checks_seconds: float = 0.0
+    vgpus: dict[str, VgpuAllocation | None] = field(default_factory=dict)
     _pending: list[Check] = field(default_factory=list)
 
     def record_check(self, name: str, status: str, values: dict[str, Any], method: str) -> None:
@@ -214,7 +215,7 @@ def migrate(
     migration_policy: MigrationPolicy,
     migration_limits: Limits,
 ) -> Iterator[Callable[..., MigrationOutcome]]:
-    """``migrate(guest, to=None, cancel_when=None, verify=True, checks=None)``.
+    """``migrate(guest, to=None, cancel_when=None, verify=True, checks=None, policy=None)``.
 
     Migrates the guest over the test's pair (or ``to``), with every standard check (or ``checks``):
     snapshots before, judgement after (``verify=False`` leaves that to ``outcome.verify()``, for
@@ -239,8 +240,10 @@ def migrate(
         cancel_when: Callable[[TimelinePoint], bool] | None = None,
         verify: bool = True,
         checks: list[Check] | None = None,
+        policy: MigrationPolicy | None = None,
     ) -> MigrationOutcome:
         route = to or pair
+        policy = policy or migration_policy
         source = guest.machine
         profile = get_profile(route.vgpu.vendor) if route.vgpu else None
         ctx = CheckContext(lab, route, guest, source, migration_limits, migration_policy, profile)
@@ -253,10 +256,14 @@ def migrate(
             destination = lab.start_destination(route, source)
         outcome = MigrationOutcome(route, source, destination, None, ctx, check_results=early)
         outcome.checks_seconds = before_s
+        outcome.vgpus = {
+            "source": lab.vgpus.get(source.tag),
+            "destination": lab.vgpus.get(destination.tag),
+        }
         outcomes.append(outcome)
-        migrator = Migrator(source, destination, uri=lab.migration_uri(route), policy=migration_policy)
+        migrator = Migrator(source, destination, uri=lab.migration_uri(route), policy=policy)
         with allure.step(f"migrate {route.id} over {migrator.uri}"):
-            attach_json("migration policy", migration_policy.describe())
+            attach_json("migration policy", policy.describe())
             ctx.migrate_started = time.monotonic()
             try:
                 outcome.result = migrator.run(cancel_when=cancel_when)
@@ -264,6 +271,7 @@ def migrate(
                 outcome.error = str(exc)
                 with contextlib.suppress(MdevtestError):
                     outcome.result = migrator.result
+                _discard_destination(lab, outcome)
                 raise
             finally:
                 ctx.migrate_finished = time.monotonic()
@@ -271,6 +279,7 @@ def migrate(
                 if outcome.result is not None:
                     attach_migration(outcome.result)
         if not outcome.result.completed:  # a deliberate cancel: the guest stays on the source
+            _discard_destination(lab, outcome)
             return outcome
         ctx.destination = destination
         guest.moved_to(destination)
@@ -279,6 +288,7 @@ def migrate(
             outcome.source_status_after = source.status()
             outcome.source_console = source.serial_log()
             source.shutdown()
+            lab.release_vgpu_of(source)  # its mdev is free again (a round trip comes back to it)
         outcome._pending = list(chosen)
         if verify:
             outcome.verify()
@@ -304,13 +314,23 @@ def migrate(
             writer.add(migration_entry(request.node.nodeid, outcome.result, extra=extra))
 
 
+def _discard_destination(lab: Testbed, outcome: MigrationOutcome) -> None:
+    """The guest stayed on the source: stop the destination and free its mdev now, so the pair
+    can be migrated over again; its console and log go to the report first."""
+    from mdevtest.report.attach import attach_text
+
+    dst = outcome.destination
+    with contextlib.suppress(MdevtestError):
+        attach_text(f"console {dst.label} (discarded)", dst.serial_log())
+        attach_text(f"qemu log {dst.label} (discarded)", dst.log_tail(200))
+    dst.shutdown()
+    lab.release_vgpu_of(dst)
+
+
 def _summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dict[str, Any]:
     route = outcome.pair
     src_facts, dst_facts = lab.facts(route.source), lab.facts(route.destination)
-    vgpus = {
-        role: lab.vgpus.get(m.tag)
-        for role, m in (("source", outcome.source), ("destination", outcome.destination))
-    }
+    vgpus = outcome.vgpus
     return {
         "pair": route.id,
         "checks_seconds": round(outcome.checks_seconds, 3),

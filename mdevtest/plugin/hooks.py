@@ -73,6 +73,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="what a failed pair preflight does to a test (default: fail)",
     )
     group.addoption(
+        "--mdevtest-round-trips",
+        dest="mdevtest_round_trips",
+        type=int,
+        default=2,
+        metavar="N",
+        help="round trips of the ping-pong suite (2 migrations each; default 2)",
+    )
+    group.addoption(
         "--mdevtest-keep-lab",
         dest="mdevtest_keep_lab",
         action="store_true",

@@ -51,6 +51,7 @@ class RemoteMachine:
         self._bridge: UnixSocketBridge | None = None
         self._qmp: QmpSession | None = None
         self._quit_requested = False
+        self._initial_params: dict[str, Any] | None = None
         self.started_at: float | None = None
 
     # -- start -----------------------------------------------------------------------------------
@@ -117,6 +118,12 @@ class RemoteMachine:
         """The run state from ``query-status`` (running, inmigrate, postmigrate, paused...)."""
         reply: dict[str, Any] = self.qmp.execute("query-status")
         return str(reply["status"])
+
+    def initial_migration_parameters(self) -> dict[str, Any]:
+        """``query-migrate-parameters`` as this QEMU first answered it (remembered)."""
+        if self._initial_params is None:
+            self._initial_params = dict(self.qmp.execute("query-migrate-parameters"))
+        return dict(self._initial_params)
 
     def is_alive(self) -> bool:
         return self.pid is not None and process_alive(self.remote, self.pid)

@@ -31,6 +31,10 @@ class FakeQmp:
             return self.last
         if command == "query-status":
             return {"status": self.status}
+        if command == "query-migrate-capabilities":
+            return [{"capability": c, "state": False} for c in ("events", "multifd", "return-path")]
+        if command == "query-migrate-parameters":
+            return {"downtime-limit": 300, "max-bandwidth": 134217728, "multifd-channels": 2}
         return {}
 
     def event_count(self) -> int:
@@ -48,6 +52,9 @@ class FakeMachine:
 
     def status(self) -> str:
         return str(self.qmp.execute("query-status")["status"])
+
+    def initial_migration_parameters(self) -> dict[str, Any]:
+        return dict(self.qmp.execute("query-migrate-parameters"))
 
 
 def _pair(script: list[dict[str, Any]]) -> tuple[FakeMachine, FakeMachine]:
@@ -79,7 +86,10 @@ def test_waits_for_qemu_to_compute_the_final_figures() -> None:
     assert [p.status for p in result.timeline] == ["setup", "active", "completed"]
     assert ("migrate-incoming", {"uri": "tcp:198.18.1.12:4444"}) in dst.qmp.sent
     caps = [a for c, a in src.qmp.sent + dst.qmp.sent if c == "migrate-set-capabilities"]
-    assert caps == [{"capabilities": [{"capability": "events", "state": True}]}] * 2
+    resets = [{"capability": c, "state": False} for c in ("multifd", "return-path")]
+    assert caps == [{"capabilities": [*resets, {"capability": "events", "state": True}]}] * 2
+    params = [a for c, a in src.qmp.sent if c == "migrate-set-parameters"]
+    assert params == [{"downtime-limit": 300, "max-bandwidth": 134217728, "multifd-channels": 2}]
 
 
 def test_blocked_source_never_starts_the_migration() -> None:
