@@ -773,7 +773,7 @@ class _NestedBuilder:
                     out=work / "mtty.ko",
                     kernel_version=kernel_version,
                 )
-                installed = root / MTTY_MODULE_PATH.lstrip("/")
+                installed = root / "usr" / MTTY_MODULE_PATH.lstrip("/")  # merged /usr
                 installed.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(module, installed)
                 info = module_info(module)
@@ -830,6 +830,8 @@ class _NestedBuilder:
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             _write_manifest(work, manifest)
+            work.chmod(0o755)  # mkdtemp made it private
+            (work / "mtty-src").chmod(0o755)
             work.rename(final)
         except BaseException:
             _remove_tree(work)
@@ -950,6 +952,7 @@ class _NestedBuilder:
                 text = (tmp / "mtty.c").read_text(errors="replace")
                 if "mtty" not in text or "MODULE_LICENSE" not in text:
                     raise LabError(f"nested image: {member} in {debs[0].name} is not mtty's source")
+                tmp.chmod(0o755)
                 tmp.rename(cached)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -960,7 +963,7 @@ class _NestedBuilder:
 
     def _configure_host(self, root: Path, sources: Mapping[str, bytes]) -> None:
         """The L1 boot: init script, sshd settings, no baked host keys, busybox power commands."""
-        init = root / "sbin/mdt-init"
+        init = root / "usr/sbin/mdt-init"  # /sbin/mdt-init: trixie has a merged /usr
         init.write_bytes(sources["l1-init"])
         init.chmod(0o755)
         dropin = root / "etc/ssh/sshd_config.d"
