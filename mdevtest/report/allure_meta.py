@@ -12,7 +12,8 @@ Allure 2 reads these files from the results directory when it generates the repo
 
 Allure matches a category when the test's status is one of ``matchedStatuses`` and the whole
 status message matches ``messageRegex`` and the whole trace ``traceRegex`` (Java regex, full match,
-``DOTALL``); a test lands in every category it matches, so ours are written not to overlap. The
+``DOTALL``). Allure 2.46 files a result under the first category it matches (older 2.x releases
+under every one), so :data:`CATEGORIES` is ordered by how serious a failure is. The
 message is what allure-pytest records: ``ExceptionInfo.exconly()``, e.g.
 ``mdevtest.errors.MigrationFailed: host-a/vm1 -> host-b/vm1: migration failed: ...``,
 ``AssertionError: host-a->host-b: downtime 612 ms > limit 500 ms`` or, for ``pytest.fail``,
@@ -32,6 +33,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,60 +138,91 @@ class Category:
 
 _FAIL: tuple[Status, ...] = ("failed", "broken")
 _E = r"mdevtest\.errors\."  # how allure-pytest names our exceptions in a message
+# Any line of a CheckFailed: the migrate fixture raises one naming every failed check, a line each
+# ("downtime: ...", "graphics: ...", "device-state on host-b/vm1: ..."; an infrastructure error met
+# while checking reads "<check>: <error>").
+_CHECK = rf"{_E}CheckFailed: (?:.*\n)?"
+# The first line of an assertion or pytest.fail() message.
+_ASSERT = r"(?:AssertionError|Failed): [^\n]*"
 _INFRA = "Infrastructure (SSH, QEMU, lab)"
+_INFRA_TEXT = (
+    r"(?:command failed \(rc=-?\d+\)|command timed out after |cannot reach |SSH to "
+    r"|SSH session lost|authentication as |host key of |QMP [\w-]+: |QMP is not connected"
+    r"|cannot talk QMP|cannot open SFTP|cannot open a channel)"
+)
+_STATE_TEXT = (
+    r"(?:display mode changed: "
+    r"|PCI \S+ (?:\([^)]*\) )?(?:appeared|disappeared|changed identity|config space changed)"
+    r"|interrupt counter \S+ \(irq [^)]*\) went backwards"
+    r"|interrupts stopped: "
+    r"|interrupt \S+ \(irq [^)]*\) is gone)"
+)
 
-#: Our categories, in the order the Categories tab lists them.
+#: Our categories. Allure 2 (2.46) files a failure under the *first* category it matches, so the
+#: order is a priority: a test with several failed checks lands under its most serious failure.
 CATEGORIES: tuple[Category, ...] = (
     Category(
         "Migration failed",
         _FAIL,
         message_regex=(
             rf"(?:{_E}Migration(?:Failed|TimedOut|Blocked|Error): "
-            r"|AssertionError: migration status (?!completed)).*"
+            r"|AssertionError: migration status (?!completed)"
+            rf"|{_CHECK}(?:[\w-]+: )?the migration did not produce a running destination).*"
         ),
         description="QEMU reported failed, the migration timed out and was cancelled, was "
         "blocked (blocked-reasons), or the guest did not run on either side afterwards",
     ),
     Category(
-        "Downtime exceeded",
+        "Device-state mismatch",
         _FAIL,
         message_regex=(
-            rf"(?:AssertionError|Failed|{_E}CheckFailed): "
-            r"[^\n]*\bdowntime [0-9.]+ ?ms (?:>|exceeds|is over)[^\n]*\blimit\b.*"
+            rf"(?:{_CHECK}(?:heartbeat: (?:heartbeat sequence numbers|only \d+ heartbeat)"
+            r"|(?:ram-integrity|device-memory|dma-integrity|device-state) on \S+: "
+            r"|guest check [\w-]+ says )"
+            rf"|(?:{_CHECK}|{_ASSERT}){_STATE_TEXT}).*"
         ),
-        description="the migration completed, but the guest stopped longer than the limit",
+        description="the guest or the device did not continue where it stopped: heartbeat "
+        "gaps, guest RAM, device memory or DMA contents, PCI config space, interrupts",
     ),
     Category(
         "Graphics corrupted",
         _FAIL,
         message_regex=(
-            rf"(?:AssertionError|Failed|{_E}CheckFailed): [^\n]*(?:"
-            r"cannot decode a frame number"
-            r"|frame \d+: \d+ of \d+ pixels differ"
-            r"|display frozen at frame"
-            r"|guest check VERIFY-VRAM says"
-            r").*"
+            rf"(?:{_CHECK}(?:graphics: (?:capture #\d+ on |display frozen|black display"
+            r"|destination display unlike)"
+            r"|cannot decode a frame number|frame \d+: \d+ of \d+ pixels differ)"
+            rf"|{_ASSERT}(?:display frozen at frame|cannot decode a frame number"
+            r"|pixels differ from the expected frame)).*"
         ),
         description="the display after migration is not the frame the workload drew, is "
-        "frozen, or graphics memory (VRAM) changed",
+        "black or frozen, or unlike the source's",
     ),
     Category(
-        "Device-state mismatch",
+        "Downtime exceeded",
         _FAIL,
         message_regex=(
-            rf"(?:AssertionError|Failed|{_E}CheckFailed): [^\n]*(?:"
-            r"heartbeat: "
-            r"|guest check (?:VERIFY-RAM|VERIFY-DMA|STATE|PING) says"
-            r"|display mode changed: "
-            r"|PCI \S+ (?:\([^)]*\) )?(?:appeared|disappeared|changed identity|config space changed)"
-            r"|interrupt counter \S+ \(irq [^)]*\) went backwards"
-            r"|interrupts stopped: "
-            r"|interrupt \S+ \(irq [^)]*\) is gone"
-            r"|device.state mismatch"
-            r").*"
+            rf"(?:{_CHECK}downtime: [^\n]*(?:downtime \S+ ms[^\n]*> limit"
+            r"|no guest heartbeat arrived around the switchover)"
+            rf"|{_ASSERT}\bdowntime \S+ ?ms[^\n]*(?:>|exceeds|over)[^\n]*\blimit\b).*"
         ),
-        description="the guest or the device did not continue where it stopped: heartbeat "
-        "gaps, RAM/DMA contents, PCI config space, interrupts, device state",
+        description="the migration completed, but the guest stopped longer than the limit "
+        "(QEMU's downtime or the downtime observed from the guest's heartbeats)",
+    ),
+    Category(
+        "Total time exceeded",
+        _FAIL,
+        message_regex=(
+            rf"(?:{_CHECK}downtime: [^\n]*\btotal time \S+ ms > limit"
+            rf"|{_ASSERT}\btotal time \S+ ?ms > limit).*"
+        ),
+        description="the migration completed, but took longer than the total-time limit",
+    ),
+    Category(
+        "Errors in host or guest logs",
+        _FAIL,
+        message_regex=rf"{_CHECK}(?:host-logs: trouble in host logs: |guest-logs: ).*",
+        description="dmesg or the QEMU log of a host (GPU hang, vendor, IOMMU/DMAR, vfio "
+        "errors, call traces), or the guest console (oops, BUG, MDT-ERROR) reported trouble",
     ),
     Category(
         "Preflight failed",
@@ -207,10 +240,12 @@ CATEGORIES: tuple[Category, ...] = (
             r"|Failed: (?:local lab: |cannot prepare the lab hosts: |boot on \S+: )"
             r"|(?:paramiko|invoke|qemu\.qmp)(?:\.\w+)+: "
             r"|socket\.\w+: |(?:Connection\w*|BrokenPipe|EOF|Timeout)Error: "
+            rf"|{_CHECK}[\w-]+: [^\n]*{_INFRA_TEXT}"
             r").*"
         ),
         description="SSH, a remote command, QMP, QEMU start/stop, mdev creation or the local "
-        "lab failed: rerun or fix the lab before reading it as a product defect",
+        "lab failed (also while a check ran): rerun or fix the lab before reading it as a "
+        "product defect",
     ),
     Category(
         # Same name: Allure merges both into one group. An unexpected exception (not one of
@@ -234,8 +269,19 @@ def categorize(
     message: str | None,
     trace: str | None = None,
     categories: Sequence[Category] = CATEGORIES,
+) -> str | None:
+    """The category Allure 2 files a result under: the first that matches. None means Allure's
+    default ("Product defects" for failed, "Test defects" for broken, nothing otherwise)."""
+    return next((c.name for c in categories if c.matches(status, message, trace)), None)
+
+
+def matching_categories(
+    status: str,
+    message: str | None,
+    trace: str | None = None,
+    categories: Sequence[Category] = CATEGORIES,
 ) -> list[str]:
-    """The category names Allure will give a result (without its default categories)."""
+    """Every category a result matches, most serious first (several checks can fail at once)."""
     names: list[str] = []
     for c in categories:
         if c.name not in names and c.matches(status, message, trace):
@@ -270,6 +316,38 @@ def write_executor(
     if report_url is not None:
         doc["reportUrl"] = report_url
     return _write(Path(results_dir) / EXECUTOR, json.dumps(doc, indent=2) + "\n")
+
+
+def write_executor_from_env(results_dir: str | Path, environ: Mapping[str, str] | None = None) -> Path:
+    """:func:`write_executor` with what the environment says about the build.
+
+    ``MDEVTEST_EXECUTOR``, ``MDEVTEST_BUILD_NAME``, ``MDEVTEST_BUILD_ORDER`` and
+    ``MDEVTEST_BUILD_URL`` win; otherwise Jenkins (``BUILD_NUMBER``, ``BUILD_URL``), GitLab CI
+    (``CI_PIPELINE_IID``, ``CI_PIPELINE_URL``) and GitHub Actions (``GITHUB_RUN_NUMBER``) are
+    recognised; a developer's run is named after the host and the time.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("GITHUB_ACTIONS") == "true":
+        ci, order, url = "GitHub Actions", env.get("GITHUB_RUN_NUMBER"), None
+        if env.get("GITHUB_REPOSITORY") and env.get("GITHUB_RUN_ID"):
+            server = env.get("GITHUB_SERVER_URL", "https://github.com")
+            url = f"{server}/{env['GITHUB_REPOSITORY']}/actions/runs/{env['GITHUB_RUN_ID']}"
+    elif env.get("GITLAB_CI") == "true":
+        ci, order, url = "GitLab CI", env.get("CI_PIPELINE_IID"), env.get("CI_PIPELINE_URL")
+    elif env.get("JENKINS_URL"):
+        ci, order, url = "Jenkins", env.get("BUILD_NUMBER"), env.get("BUILD_URL")
+    else:
+        ci, order, url = f"mdevtest on {os.uname().nodename}", None, None
+    order = env.get("MDEVTEST_BUILD_ORDER", order)
+    build_order = int(order) if order and order.strip().isdigit() else None
+    default_name = f"#{build_order}" if build_order is not None else time.strftime("%Y-%m-%d %H:%M")
+    return write_executor(
+        results_dir,
+        env.get("MDEVTEST_EXECUTOR", ci),
+        env.get("MDEVTEST_BUILD_NAME", default_name),
+        env.get("MDEVTEST_BUILD_URL", url),
+        build_order=build_order,
+    )
 
 
 # -- history -----------------------------------------------------------------------------------
