@@ -63,6 +63,22 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
             if started and not state.keep_lab and state.is_controller:
                 stack.callback(local.down, progress)
         testbed = stack.enter_context(Testbed(inventory))
+        alluredir = getattr(request.config.option, "allure_report_dir", None)
+        if alluredir:
+
+            def _environment() -> None:
+                """Hosts' kernels, QEMU and driver versions, the guest image: for the dashboard."""
+                from mdevtest.report.allure_meta import environment_facts, write_environment
+
+                with contextlib.suppress(MdevtestError):
+                    facts = [testbed.facts(h.name) for h in inventory.hosts]
+                    extra = {"inventory": str(state.inventory_path)}
+                    image = testbed.image().description
+                    write_environment(
+                        alluredir, environment_facts(facts, guest_image=image, extra=extra)
+                    )
+
+            stack.callback(_environment)  # at the end, while the Testbed is still connected
         try:
             reaped = testbed.reap()
         except MdevtestError as exc:
@@ -226,6 +242,7 @@ def migrate(
     from mdevtest.checks.standard import standard_checks
     from mdevtest.errors import MigrationError
     from mdevtest.migration import Migrator
+    from mdevtest.report.allure_meta import history_safe_parameter
     from mdevtest.report.attach import attach_json, attach_migration, attach_text
     from mdevtest.report.summary import SummaryWriter, migration_entry
     from mdevtest.vendors import get_profile
@@ -260,6 +277,9 @@ def migrate(
             "source": lab.vgpus.get(source.tag),
             "destination": lab.vgpus.get(destination.tag),
         }
+        for role, vgpu in outcome.vgpus.items():
+            if vgpu is not None:  # per-run values stay out of Allure's history id
+                history_safe_parameter(f"mdev uuid ({role})", vgpu.instance.uuid)
         outcomes.append(outcome)
         migrator = Migrator(source, destination, uri=lab.migration_uri(route), policy=policy)
         with allure.step(f"migrate {route.id} over {migrator.uri}"):

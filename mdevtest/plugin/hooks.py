@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from mdevtest.errors import InventoryError
+from mdevtest.report.baseline import BaselineReport, Tolerance
 
 if TYPE_CHECKING:
     from mdevtest.inventory import Inventory
@@ -35,6 +36,8 @@ class SessionState:
 
 STATE = pytest.StashKey[SessionState]()
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()
+BASELINE = pytest.StashKey[tuple[dict[str, Any], Tolerance]]()
+BASELINE_RESULT = pytest.StashKey[BaselineReport]()
 
 
 def state_of(config: pytest.Config) -> SessionState:
@@ -81,6 +84,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="round trips of the ping-pong suite (2 migrations each; default 2)",
     )
     group.addoption(
+        "--mdevtest-baseline",
+        dest="mdevtest_baseline",
+        metavar="PATH",
+        default=None,
+        help="fail the run when its summary.json regresses against PATH (an earlier run's)",
+    )
+    group.addoption(
+        "--mdevtest-baseline-tolerance",
+        dest="mdevtest_baseline_tolerance",
+        metavar="SPEC",
+        default="",
+        help="relative=0.2,absolute_ms=20,absolute_bytes=1048576 (the defaults)",
+    )
+    group.addoption(
         "--mdevtest-keep-lab",
         dest="mdevtest_keep_lab",
         action="store_true",
@@ -119,6 +136,21 @@ def pytest_configure(config: pytest.Config) -> None:
         is_controller=worker == "main",
     )
     config.stash[STATE] = state
+    baseline = config.getoption("mdevtest_baseline")
+    if baseline and state.is_controller:
+        from mdevtest.report.baseline import BaselineError, load_summary
+
+        if state.report_dir is None:
+            raise pytest.UsageError(
+                "--mdevtest-baseline needs --mdevtest-report-dir (this run's summary.json is compared)"
+            )
+        try:  # loaded now: sessionstart replaces the report dir's summary.json
+            config.stash[BASELINE] = (
+                load_summary(baseline),
+                Tolerance.parse(config.getoption("mdevtest_baseline_tolerance")),
+            )
+        except (BaselineError, ValueError) as exc:
+            raise pytest.UsageError(f"--mdevtest-baseline: {exc}") from None
     if state.report_dir is not None and getattr(config.option, "allure_report_dir", None) is None:
         config.option.allure_report_dir = str(state.report_dir / "allure-results")
         config.option.clean_alluredir = state.is_controller
@@ -177,12 +209,30 @@ def pytest_runtest_makereport(
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = state_of(session.config)
+    alluredir = getattr(session.config.option, "allure_report_dir", None)
+    if alluredir and state.is_controller:
+        from mdevtest.report.allure_meta import write_categories, write_executor_from_env
+
+        write_categories(alluredir)
+        write_executor_from_env(alluredir)
     if state.report_dir is None or not state.is_controller:
         return
     from mdevtest.report.summary import SummaryWriter
 
     meta: dict[str, Any] = {"inventory": str(state.inventory_path)}
-    SummaryWriter(state.report_dir).merge(meta=meta)
+    summary = SummaryWriter(state.report_dir).merge(meta=meta)
+    if BASELINE in session.config.stash:
+        import json
+
+        from mdevtest.report.baseline import diff, load_summary
+
+        before, tolerance = session.config.stash[BASELINE]
+        after = load_summary(summary) if summary else {"migrations": []}
+        result = diff(before, after, tolerance=tolerance)
+        session.config.stash[BASELINE_RESULT] = result
+        (state.report_dir / "baseline.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        if not result.passed and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -192,6 +242,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     import json
 
+    result = config.stash.get(BASELINE_RESULT, None)
+    if result is not None:
+        terminalreporter.section("mdevtest baseline", red=not result.passed, green=result.passed)
+        for line in result.render().splitlines():
+            terminalreporter.write_line(line, red=line.startswith("REGRESSION"))
     path = state.report_dir / "summary.json"
     if not path.exists():
         return

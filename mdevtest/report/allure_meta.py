@@ -76,10 +76,16 @@ def _escape(text: str, *, key: bool) -> str:
 
 
 class _HostFactsLike(Protocol):
-    name: str
-    kernel: str
-    qemu_version: str
-    accel: str
+    """What :class:`mdevtest.host.HostFacts` offers (read-only, so frozen dataclasses fit)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kernel(self) -> str: ...
+    @property
+    def qemu_version(self) -> str: ...
+    @property
+    def accel(self) -> str: ...
 
 
 def environment_facts(

@@ -32,3 +32,6 @@ def attach_migration(result: MigrationResult) -> None:
     attach_json("migration figures", {**result.figures(), "methods": result.methods})
     attach_json("QMP events", [e.to_json() for e in result.events])
     attach_json("query-migrate timeline", [p.__dict__ for p in result.timeline])
+    from mdevtest.report.plot import migration_timeline_png
+
+    attach_png("migration timeline", migration_timeline_png(result))
