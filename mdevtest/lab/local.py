@@ -525,3 +525,15 @@ def _port_open(address: str, port: int, timeout: float) -> bool:
             return True
     except OSError:
         return False
+
+
+def started_by(lab: LocalLab) -> str | None:
+    """The run id recorded by the test run that brought the lab up (None: brought up by hand)."""
+    try:
+        return (lab.state_dir / "started-by-run").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def record_started_by(lab: LocalLab, run_id: str) -> None:
+    (lab.state_dir / "started-by-run").write_text(run_id + "\n")

@@ -7,6 +7,7 @@ is done by the library (:class:`mdevtest.testbed.Testbed`, :class:`mdevtest.migr
 from mdevtest.plugin.fixtures import (
     guest,
     lab,
+    leases,
     migrate,
     migration_limits,
     migration_policy,
@@ -15,6 +16,7 @@ from mdevtest.plugin.fixtures import (
 )
 from mdevtest.plugin.hooks import (
     pytest_addoption,
+    pytest_collection_modifyitems,
     pytest_configure,
     pytest_generate_tests,
     pytest_runtest_makereport,
@@ -26,12 +28,14 @@ from mdevtest.plugin.hooks import (
 __all__ = [
     "guest",
     "lab",
+    "leases",
     "migrate",
     "migration_limits",
     "migration_policy",
     "pair",
     "preflight",
     "pytest_addoption",
+    "pytest_collection_modifyitems",
     "pytest_configure",
     "pytest_generate_tests",
     "pytest_runtest_makereport",

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mdevtest.guest import Guest
     from mdevtest.inventory import HostPair, Limits
     from mdevtest.migration import MigrationPolicy, MigrationResult, TimelinePoint
+    from mdevtest.plugin.lease import LeaseManager
     from mdevtest.preflight import PreflightReport
     from mdevtest.qemu.machine import RemoteMachine
     from mdevtest.testbed import Testbed, VgpuAllocation
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
     """The lab of the inventory, connected; the local lab is brought up on demand."""
-    from mdevtest.lab.local import LocalLab
+    from mdevtest.lab.local import LocalLab, record_started_by
     from mdevtest.testbed import Testbed
 
     state = state_of(request.config)
@@ -60,9 +61,11 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
                 started = local.up(progress)
             except MdevtestError as exc:
                 pytest.fail(f"local lab: {exc}", pytrace=False)
-            if started and not state.keep_lab and state.is_controller:
-                stack.callback(local.down, progress)
-        testbed = stack.enter_context(Testbed(inventory))
+            if started:
+                record_started_by(local, state.run_id)  # under xdist the controller takes it down
+                if not state.keep_lab and state.is_controller:
+                    stack.callback(local.down, progress)
+        testbed = stack.enter_context(Testbed(inventory, run_id=state.run_id))
         alluredir = getattr(request.config.option, "allure_report_dir", None)
         if alluredir:
 
@@ -89,6 +92,16 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
         yield testbed
 
 
+@pytest.fixture(scope="session")
+def leases(request: pytest.FixtureRequest, lab: Testbed) -> Iterator[LeaseManager]:
+    """This test process's host leases (released at the end, or taken over after a crash)."""
+    from mdevtest.plugin.lease import LeaseManager
+
+    state = state_of(request.config)
+    with LeaseManager(lab.pool, run_id=state.run_id, worker=state.worker) as manager:
+        yield manager
+
+
 @pytest.fixture
 def pair(request: pytest.FixtureRequest) -> HostPair:
     """The host pair of this test (parametrised by the plugin from the inventory)."""
@@ -97,10 +110,21 @@ def pair(request: pytest.FixtureRequest) -> HostPair:
 
 
 @pytest.fixture
-def preflight(request: pytest.FixtureRequest, lab: Testbed, pair: HostPair) -> PreflightReport:
-    """The pair's preflight; a failure fails (or, with --mdevtest-preflight=skip, skips) the test."""
+def preflight(
+    request: pytest.FixtureRequest, lab: Testbed, leases: LeaseManager, pair: HostPair
+) -> PreflightReport:
+    """The pair's preflight; a failure fails (or, with --mdevtest-preflight=skip, skips) the test.
+
+    The pair's hosts are leased first: no other test process uses them until this one moves on.
+    """
     from mdevtest.preflight import preflight_pair
     from mdevtest.report.attach import attach_json
+
+    with allure.step(f"lease {pair.source}, {pair.destination}"):
+        try:
+            leases.hold([pair.source, pair.destination])
+        except MdevtestError as exc:
+            pytest.fail(str(exc), pytrace=False)
 
     cross = request.node.get_closest_marker("cross_version") is not None
     with allure.step(f"preflight {pair.id}"):

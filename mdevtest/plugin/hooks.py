@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ class SessionState:
     pair_filter: tuple[str, ...]
     worker: str
     is_controller: bool
+    run_id: str
+    allow_destructive: bool
 
 
 STATE = pytest.StashKey[SessionState]()
@@ -98,6 +101,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="relative=0.2,absolute_ms=20,absolute_bytes=1048576 (the defaults)",
     )
     group.addoption(
+        "--mdevtest-allow-destructive",
+        dest="mdevtest_allow_destructive",
+        action="store_true",
+        help="run tests marked destructive (fault injection) on a lab that is not the local lab",
+    )
+    group.addoption(
         "--mdevtest-keep-lab",
         dest="mdevtest_keep_lab",
         action="store_true",
@@ -124,6 +133,15 @@ def pytest_configure(config: pytest.Config) -> None:
         problem = f"no inventory: {path} does not exist; pass --inventory PATH"
     report_dir = config.getoption("mdevtest_report_dir")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    xdist_controller = worker == "main" and getattr(config.option, "numprocesses", None)
+    if xdist_controller and getattr(config.option, "testrunuid", None) is None:
+        # Give xdist our run id, so the controller knows the id its workers will run under.
+        config.option.testrunuid = uuid.uuid4().hex
+    run_id = (
+        os.environ.get("PYTEST_XDIST_TESTRUNUID")
+        or getattr(config.option, "testrunuid", None)
+        or uuid.uuid4().hex
+    )[:12]
     state = SessionState(
         inventory=inventory,
         inventory_path=path,
@@ -134,6 +152,8 @@ def pytest_configure(config: pytest.Config) -> None:
         pair_filter=tuple(p.strip() for p in config.getoption("mdevtest_pairs").split(",") if p),
         worker=worker,
         is_controller=worker == "main",
+        run_id=run_id,
+        allow_destructive=bool(config.getoption("mdevtest_allow_destructive")),
     )
     config.stash[STATE] = state
     baseline = config.getoption("mdevtest_baseline")
@@ -158,11 +178,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "cross_version: the pair may run different QEMU / vendor-driver versions"
     )
-    config.addinivalue_line(
-        "markers", "pairs(*ids | n): run only on these pair ids, or the first n pairs"
-    )
-    config.addinivalue_line("markers", "policy(**options): the migration policy (see MigrationPolicy)")
-    config.addinivalue_line("markers", "limits(downtime_ms=, total_time_s=): limits for this test")
+    for line in MARKERS:
+        config.addinivalue_line("markers", line)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -187,6 +204,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         known = ", ".join(p.id for p in state.inventory.pairs)
         raise pytest.UsageError(f"--mdevtest-pairs matches no pair of the inventory; known: {known}")
     metafunc.parametrize("pair", pairs, ids=[p.id for p in pairs])
+
+
+MARKERS = (
+    "pairs(*ids | n): run only on these pair ids, or on the first n pairs",
+    "policy(**options): the migration policy (downtime_limit_ms, max_bandwidth_mib, multifd, ...)",
+    "limits(downtime_ms=, total_time_s=, migration_timeout_s=): limits for this test",
+    "vgpu_type(*types): run only on pairs whose vGPU type is one of these",
+    "vendor(*names): run only on pairs whose vGPU vendor is one of these",
+    "workload(name): the workload the test runs in the guest",
+    "destructive: injects faults; on the local lab, elsewhere only with --mdevtest-allow-destructive",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Validate our markers (a bad one is a usage error) and skip what a pair cannot run."""
+    from mdevtest.plugin.markers import apply_markers
+
+    problems = apply_markers(state_of(config), items)
+    if problems:
+        raise pytest.UsageError("invalid mdevtest markers:\n  " + "\n  ".join(problems))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -215,6 +252,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         write_categories(alluredir)
         write_executor_from_env(alluredir)
+    if state.is_controller and session.config.pluginmanager.hasplugin("dsession"):
+        _take_down_lab_workers_started(state)
     if state.report_dir is None or not state.is_controller:
         return
     from mdevtest.report.summary import SummaryWriter
@@ -261,3 +300,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f"{e.get('downtime_ms')!s:>11} {e.get('verdict')!s:>8}"
         )
     tr.write_line(f"summary: {path}")
+
+
+def _take_down_lab_workers_started(state: SessionState) -> None:
+    """Under xdist the workers bring the local lab up; the controller takes it down at the end."""
+    from mdevtest.lab.local import LocalLab, started_by
+
+    inventory = state.inventory
+    if inventory is None or inventory.local_lab is None or state.keep_lab:
+        return
+    lab = LocalLab(inventory)
+    if started_by(lab) == state.run_id:
+        lab.down()
