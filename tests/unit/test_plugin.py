@@ -77,3 +77,56 @@ def test_no_inventory_skips_lab_tests_with_the_reason(pytester: pytest.Pytester)
     pytester.makepyfile("def test_migrate(pair):\n    pass\n")
     result = pytester.runpytest("-rs")
     result.stdout.fnmatch_lines(["*SKIPPED*no inventory*--inventory PATH*"])
+
+
+def test_bad_policy_marker_is_a_usage_error_naming_what_is_allowed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        "import pytest\n@pytest.mark.policy(bogus=1)\ndef test_migrate(pair):\n    pass\n"
+    )
+    result = pytester.runpytest("--inventory", str(LOCAL_LAB))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert "unknown migration policy option(s) bogus" in err
+    assert "downtime_limit_ms" in err
+
+
+def test_unknown_vendor_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile('import pytest\n@pytest.mark.vendor("amd")\ndef test_migrate(pair):\n    pass\n')
+    result = pytester.runpytest("--inventory", str(LOCAL_LAB))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "allowed are gvt, mtty, nvidia, simulated" in result.stderr.str()
+
+
+def test_pairs_without_the_vgpu_type_skip_with_the_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        'import pytest\n@pytest.mark.vgpu_type("i915-GVTg_V5_8")\ndef test_migrate(pair):\n    pass\n'
+    )
+    result = pytester.runpytest("--inventory", str(LOCAL_LAB), "-rs")
+    result.stdout.fnmatch_lines(
+        ["*host-a->host-b offers i915-GVTg_V5_4, the test needs i915-GVTg_V5_8*"]
+    )
+    result.assert_outcomes(skipped=2)
+
+
+def test_workload_missing_from_the_image_skips(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        'import pytest\n@pytest.mark.workload("synthetic")\ndef test_ok(pair):\n    pass\n'
+    )
+    result = pytester.runpytest("--inventory", str(LOCAL_LAB))
+    result.assert_outcomes(passed=2)
+
+
+def test_tests_are_grouped_by_host_set_for_xdist(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(
+        "def pytest_collection_finish(session):\n"
+        "    for item in session.items:\n"
+        "        print('GROUP', item.name, item.get_closest_marker('xdist_group').kwargs['name'])\n"
+    )
+    pytester.makepyfile("def test_migrate(pair):\n    pass\n")
+    result = pytester.runpytest("--inventory", str(LOCAL_LAB), "-s", "--collect-only")
+    result.stdout.fnmatch_lines(
+        [
+            "GROUP test_migrate[[]host-a->host-b[]] host-a+host-b",
+            "GROUP test_migrate[[]host-b->host-a[]] host-a+host-b",
+        ]
+    )
