@@ -1,7 +1,7 @@
 """The ``mdevtest`` command.
 
     mdevtest inventory check PATH      validate an inventory and print the lab it describes
-    mdevtest lab up|down|status|reap   manage the embedded local lab (root)
+    mdevtest lab up|down|status|reap   manage an embedded lab (root): --flavor netns|nested
     mdevtest report                    make the HTML report from Allure results (Allure 2, npm)
 
 Exit codes: 0 success; 1 the lab is not up (``lab status``); 2 bad command line (``report``: no
@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from mdevtest.errors import InventoryError, MdevtestError
 
 DEFAULT_INVENTORY = "inventory/local-lab.yaml"
+#: The inventory each lab flavour uses unless --inventory names another.
+FLAVOR_INVENTORIES = {"netns": DEFAULT_INVENTORY, "nested": "inventory/nested-mtty.yaml"}
 DEFAULT_RESULTS = "reports/allure-results"
 DEFAULT_REPORT = "reports/allure-report"
 
@@ -43,10 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     check = inv_sub.add_parser("check", help="validate an inventory and print the lab")
     check.add_argument("path", metavar="PATH")
 
-    lab = sub.add_parser("lab", help="the embedded local lab (needs root)")
+    lab = sub.add_parser("lab", help="the embedded labs (need root)")
     lab.add_argument("action", choices=["up", "down", "status", "reap"])
-    lab.add_argument("--inventory", default=DEFAULT_INVENTORY, metavar="PATH",
-                     help=f"local-lab inventory (default: {DEFAULT_INVENTORY})")  # fmt: skip
+    lab.add_argument("--flavor", choices=sorted(FLAVOR_INVENTORIES), default=None,
+                     help="netns (hosts as network namespaces, simulated vGPU) or nested (hosts "
+                     "as VMs with a real mtty mdev); picks its inventory "
+                     f"({', '.join(f'{k}: {v}' for k, v in FLAVOR_INVENTORIES.items())}); "
+                     "`lab status` without --flavor or --inventory shows both")  # fmt: skip
+    lab.add_argument("--inventory", default=None, metavar="PATH",
+                     help=f"the lab's inventory (default: by --flavor; {DEFAULT_INVENTORY})")  # fmt: skip
     lab.add_argument("--no-image", action="store_true", help="lab up: skip the guest image build")
 
     rep = sub.add_parser("report", help="make the HTML report from Allure results (Allure 2, npm)")
@@ -91,12 +98,23 @@ def _inventory_check(path: str) -> int:
     return EXIT_OK
 
 
-def _lab(action: str, inventory_path: str, *, no_image: bool) -> int:
-    from mdevtest.inventory import load_inventory
-    from mdevtest.lab.local import LocalLab
+def _lab(action: str, inventory_path: str | None, flavor: str | None, *, no_image: bool) -> int:
+    from pathlib import Path
 
-    inventory = load_inventory(inventory_path)
-    lab = LocalLab(inventory)
+    from mdevtest.errors import LabError
+    from mdevtest.inventory import load_inventory
+    from mdevtest.lab import make_lab
+
+    if action == "status" and inventory_path is None and flavor is None:
+        return _status_all()
+    path = inventory_path or FLAVOR_INVENTORIES[flavor or "netns"]
+    inventory = load_inventory(path)
+    if inventory.local_lab is not None and flavor and inventory.local_lab.flavor != flavor:
+        raise LabError(
+            f"{Path(path)} describes a {inventory.local_lab.flavor} lab, not --flavor {flavor}; "
+            "drop one of --flavor and --inventory"
+        )
+    lab = make_lab(inventory)
     if action == "status":
         status = lab.status()
         print(status.render())
@@ -117,6 +135,24 @@ def _lab(action: str, inventory_path: str, *, no_image: bool) -> int:
         for host, tags in testbed.reap().items():
             print(f"{host}: reaped {len(tags)} machine(s){': ' + ' '.join(tags) if tags else ''}")
     return EXIT_OK
+
+
+def _status_all() -> int:
+    """``lab status`` of every flavour whose default inventory exists; 0 if any lab is up."""
+    from pathlib import Path
+
+    from mdevtest.inventory import load_inventory
+    from mdevtest.lab import make_lab
+
+    any_up = False
+    for flavor, path in FLAVOR_INVENTORIES.items():
+        if not Path(path).exists():
+            print(f"{flavor} lab: no inventory at {path}")
+            continue
+        status = make_lab(load_inventory(path)).status()
+        print(status.render())
+        any_up = any_up or status.up
+    return EXIT_OK if any_up else EXIT_NOT_UP
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -149,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inventory_check(args.path)
         if args.command == "report":
             return _report(args)
-        return _lab(args.action, args.inventory, no_image=args.no_image)
+        return _lab(args.action, args.inventory, args.flavor, no_image=args.no_image)
     except InventoryError as exc:
         print(f"mdevtest: {exc}", file=sys.stderr)
         return EXIT_INVENTORY

@@ -206,9 +206,14 @@ class HostPair(_Model):
 
 
 class LabImage(_Model):
-    """The guest image the embedded lab's image builder produces."""
+    """A guest image the embedded lab's image builders produce.
 
-    kind: Literal["lab-synthetic"]
+    ``lab-synthetic``: the local lab's kernel + initramfs with the synthetic GPU workload
+    (:mod:`mdevtest.lab.image`); ``lab-mtty``: the nested lab's L2 guest, whose workload keeps
+    the mtty serial ports busy (:mod:`mdevtest.lab.nested_image`).
+    """
+
+    kind: Literal["lab-synthetic", "lab-mtty"]
 
 
 class KernelImage(_Model):
@@ -253,10 +258,18 @@ class Limits(_Model):
 
 
 class LocalLabSpec(_Model):
-    """Present only in the embedded local lab's inventory."""
+    """Present only in the inventories of the embedded labs (``mdevtest lab``)."""
 
     state_dir: ControllerPath
-    """On the controller; shared by the lab's network-namespace hosts."""
+    """On the controller: keys, known_hosts and the hosts' files (netns) or disks (nested)."""
+    flavor: Literal["netns", "nested"] = "netns"
+    """``netns``: hosts are network namespaces of the controller (:mod:`mdevtest.lab.local`);
+    ``nested``: hosts are QEMU VMs on the controller with a real mdev (:mod:`mdevtest.lab.nested`)."""
+    link_port: Port = 10231
+    """Nested flavour: the migration link between the two host VMs is a UDP socket pair on
+    127.0.0.1, ports ``link_port`` (first host) and ``link_port + 1`` (second host)."""
+    boot_timeout_s: Seconds = 600.0
+    """Nested flavour: how long ``lab up`` waits for a host VM to answer SSH."""
 
 
 class Inventory(_Model):
@@ -792,6 +805,8 @@ def describe(inv: Inventory) -> str:
         shown_image = f"kernel {image.kernel}, initrd {image.initrd}"
     elif isinstance(image, DiskImage):
         shown_image = f"{image.format} disk {image.path}"
+    elif image.kind == "lab-mtty":
+        shown_image = "lab-mtty (the nested lab's L2 guest, built by the nested lab)"
     else:
         shown_image = "lab-synthetic (built by the local lab)"
     vcpus = f"{g.vcpus} vCPU" + ("s" if g.vcpus != 1 else "")
@@ -805,7 +820,7 @@ def describe(inv: Inventory) -> str:
         f"cancelled after {lim.migration_timeout_s:g} s"
     )
     if inv.local_lab is not None:
-        lines.append(f"local lab: state dir {inv.local_lab.state_dir}")
+        lines.append(f"local lab: {inv.local_lab.flavor} flavour, state dir {inv.local_lab.state_dir}")
     return "\n".join(lines)
 
 

@@ -42,11 +42,11 @@ def test_a_dead_workers_lease_is_taken_over(lab: Testbed) -> None:
 
 def test_an_expired_lease_of_another_controller_is_taken_over(lab: Testbed) -> None:
     remote = lab.remote("host-a")
-    lease = f"{remote.host.state_dir}/lease"
+    lease = shlex.quote(f"{remote.host.state_dir}/lease")
     remote.check_shell(
-        f"mkdir -p {shlex.quote(lease)} && echo 'elsewhere gw0 other-controller 42' > {shlex.quote(lease)}/owner"
-        f" && touch -d '10 minutes ago' {shlex.quote(lease)}/owner"
+        f"mkdir -p {lease} && echo 'elsewhere gw0 other-controller 42' > {lease}/owner"
+        f" && touch -d '10 minutes ago' {lease}/owner"
     )
     with LeaseManager(lab.pool, run_id="runC", worker="gw0", ttl=60, wait=5, poll=0.2) as manager:
         manager.hold(["host-a"])
-    assert remote.run(["test", "-e", lease]).rc != 0
+    assert remote.run_shell(f"test -e {lease}").rc != 0
