@@ -76,6 +76,7 @@ class Testbed:
         self._serial = 0
         self.vgpus: dict[str, VgpuAllocation] = {}  # machine tag -> its mdev
         self._controller_addr: dict[str, str] = {}
+        self._machines: list[RemoteMachine] = []
 
     def remote(self, host: str) -> Remote:
         return self.pool[host]
@@ -120,6 +121,14 @@ class Testbed:
                     built.kernel, built.initrd, built.append, built.digest,
                     f"mdevtest synthetic image {built.digest} (kernel {built.kernel_version})",
                 )  # fmt: skip
+            elif spec.kind == "lab-mtty":
+                from mdevtest.lab.nested_image import build_nested_images
+
+                guest = build_nested_images().guest
+                self._image = ImageFiles(
+                    guest.kernel, guest.initrd, guest.append, guest.digest,
+                    f"mdevtest nested-lab mtty guest {guest.digest} (kernel {guest.kernel_version})",
+                )  # fmt: skip
             elif isinstance(spec, KernelImage):
                 digest = hashlib.sha256()
                 for path in (spec.kernel, spec.initrd):
@@ -131,7 +140,7 @@ class Testbed:
             else:
                 raise MachineError(
                     f"{self.inventory.source_path}: guest.image.kind {spec.kind!r} is not "
-                    "supported yet; use 'lab-synthetic' or 'kernel'"
+                    "supported yet; use 'lab-synthetic', 'lab-mtty' or 'kernel'"
                 )
         return self._image
 
@@ -234,6 +243,10 @@ class Testbed:
         if vgpu is not None:
             self.release_vgpu(vgpu)
 
+    def live_machines(self) -> list[RemoteMachine]:
+        """Machines started in this session and not released yet (for the watchdog)."""
+        return [m for m in self._machines if m.pid is not None]
+
     def release(self, machine: RemoteMachine) -> None:
         """Stop a machine, remove its files and its mdev. Idempotent; keeps going past errors."""
         machine.shutdown()
@@ -242,6 +255,8 @@ class Testbed:
         vgpu = self.vgpus.pop(machine.tag, None)
         if vgpu is not None:
             self.release_vgpu(vgpu)
+        with contextlib.suppress(ValueError):
+            self._machines.remove(machine)
 
     def next_name(self, role: str) -> str:
         with self._lock:
@@ -281,6 +296,7 @@ class Testbed:
             raise
         if vgpu is not None:
             self.vgpus[machine.tag] = vgpu
+        self._machines.append(machine)
         return machine
 
     def start_destination(self, pair: HostPair, source: RemoteMachine) -> RemoteMachine:

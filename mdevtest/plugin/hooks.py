@@ -107,6 +107,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run tests marked destructive (fault injection) on a lab that is not the local lab",
     )
     group.addoption(
+        "--mdevtest-deadline",
+        dest="mdevtest_deadline",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="overall deadline of one test (s); the lab state is recorded, then it fails (0: none)",
+    )
+    group.addoption(
         "--mdevtest-keep-lab",
         dest="mdevtest_keep_lab",
         action="store_true",
@@ -232,6 +240,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         from mdevtest.report.summary import SummaryWriter
 
         SummaryWriter(state.report_dir).reset()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """The test body runs under the watchdog's deadline (fixtures have their own bounds)."""
+    from mdevtest.plugin.watchdog import deadline
+
+    seconds = float(item.config.getoption("mdevtest_deadline"))
+    testbed = item.funcargs.get("lab") if isinstance(item, pytest.Function) else None
+    if testbed is None:
+        return (yield)
+
+    def machines() -> list[Any]:
+        return list(getattr(testbed, "live_machines", lambda: [])())
+
+    def record(text: str) -> None:
+        import allure
+
+        allure.attach(
+            text, name="watchdog: lab state at the deadline", attachment_type=allure.attachment_type.JSON
+        )
+        item.add_report_section("call", "watchdog", text)
+
+    with deadline(seconds, machines, record, what=item.nodeid):
+        return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
