@@ -11,9 +11,11 @@ from mdevtest.plugin.watchdog import DeadlineExceeded, deadline
 
 def test_deadline_records_state_then_fails() -> None:
     recorded: list[str] = []
-    with pytest.raises(DeadlineExceeded, match="exceeded its deadline of 0.2 s"):  # noqa: PT012
-        with deadline(0.2, lambda: [], recorded.append, what="t"):
-            time.sleep(5)
+    with (
+        pytest.raises(DeadlineExceeded, match=r"exceeded its deadline of 0\.2 s"),
+        deadline(0.2, lambda: [], recorded.append, what="t"),
+    ):
+        time.sleep(5)
     assert recorded == ["{}"]
 
 
