@@ -23,6 +23,9 @@ CLI, the pytest plugin) can tell "the lab or the input is wrong" from "mdevtest 
      +-- CheckFailed               a verification check found a product problem
 
 Messages say what failed, where, and what to do. Exceptions keep their cause (``raise ... from``).
+:func:`classify` sorts any error into ``infrastructure`` (the lab failed: SSH, QEMU processes,
+the network, leases, deadlines) or ``product`` (what is under test failed: the migration itself,
+a check); a diagnosis may pin a migration failure on the infrastructure (``failure_class``).
 """
 
 from __future__ import annotations
@@ -122,7 +125,12 @@ class GuestError(MdevtestError):
 
 
 class MigrationError(MdevtestError):
-    """The migration flow failed before, during or after the migration itself."""
+    """The migration flow failed before, during or after the migration itself.
+
+    ``failure_class`` is set by a diagnosis (:mod:`mdevtest.diagnose`) when one ran.
+    """
+
+    failure_class: str | None = None
 
 
 class MigrationFailed(MigrationError):
@@ -150,3 +158,19 @@ class CheckFailed(MdevtestError):
     def __init__(self, message: str, values: dict[str, object] | None = None) -> None:
         self.values = dict(values or {})
         super().__init__(message)
+
+
+INFRASTRUCTURE = "infrastructure"
+PRODUCT = "product"
+
+
+def classify(exc: BaseException) -> str:
+    """``infrastructure`` or ``product``: who should look at this failure first."""
+    pinned = getattr(exc, "failure_class", None)
+    if pinned in (INFRASTRUCTURE, PRODUCT):
+        return str(pinned)
+    if isinstance(exc, (RemoteError, MachineError, LabError, InventoryError, QmpError, MdevError)):
+        return INFRASTRUCTURE
+    if isinstance(exc, MdevtestError) and type(exc).__name__ in ("LeaseError", "DeadlineExceeded"):
+        return INFRASTRUCTURE
+    return PRODUCT

@@ -59,12 +59,19 @@ POLICY_OPTIONS: dict[str, str] = {
     "multifd_channels": "multifd-channels parameter (with multifd)",
     "auto_converge": "auto-converge capability (throttle vCPUs until the migration converges)",
     "switchover_ack": "switchover-ack capability (with return-path; the destination acks)",
+    "pause_before_switchover": "pause-before-switchover capability (the test continues it)",
     "timeout_s": "cancel the migration after this many seconds",
 }
 
 
 #: Capabilities a policy may turn on; turned off again for a migration whose policy does not.
-RESETTABLE_CAPABILITIES = ("multifd", "auto-converge", "switchover-ack", "return-path")
+RESETTABLE_CAPABILITIES = (
+    "multifd",
+    "auto-converge",
+    "switchover-ack",
+    "return-path",
+    "pause-before-switchover",
+)
 #: Parameters a policy may set; restored to the source's first values otherwise.
 POLICY_PARAMETERS = ("downtime-limit", "max-bandwidth", "multifd-channels")
 
@@ -98,6 +105,7 @@ class MigrationPolicy:
             ("multifd", "multifd"),
             ("auto_converge", "auto-converge"),
             ("switchover_ack", "switchover-ack"),
+            ("pause_before_switchover", "pause-before-switchover"),
         ):
             if flag in options:
                 if not isinstance(options[flag], bool):
@@ -264,12 +272,18 @@ class Migrator:
         self.destination.qmp.execute("migrate-incoming", {"uri": self.uri})
         self._state = "prepared"
 
-    def run(self, *, cancel_when: Callable[[TimelinePoint], bool] | None = None) -> MigrationResult:
+    def run(
+        self,
+        *,
+        cancel_when: Callable[[TimelinePoint], bool] | None = None,
+        on_point: Callable[[TimelinePoint], None] | None = None,
+    ) -> MigrationResult:
         """Migrate; return the result of a completed migration or raise a MigrationError.
 
         ``cancel_when`` (a test's deliberate cancel): once it returns true for a timeline point,
         ``migrate_cancel`` is sent; the result then has status ``cancelled`` (not an error) after
-        the source was verified running again.
+        the source was verified running again. ``on_point`` sees every timeline point as it is
+        polled (fault injection uses it to act at a chosen phase).
         """
         if self._state == "new":
             self.prepare()
@@ -293,6 +307,8 @@ class Migrator:
                 break
             if time.monotonic() > deadline:
                 self._cancel(info)
+            if on_point is not None:  # fault injection and observers act on each poll
+                on_point(point)
             if cancel_when is not None and not cancel_sent and cancel_when(point):
                 src.qmp.execute("migrate_cancel")
                 cancel_sent = True

@@ -347,6 +347,11 @@ class UnixSocketBridge:
                 inner.shutdown(socket.SHUT_RDWR)
             chan.close()
 
+    @property
+    def alive(self) -> bool:
+        """False once the channel or the local end went away (e.g. the SSH connection died)."""
+        return self._thread.is_alive() and not self.channel.closed
+
     def stderr(self) -> str:
         """What socat said on the host (why a connect failed)."""
         if self.channel.recv_stderr_ready():

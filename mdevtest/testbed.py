@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
-from mdevtest.errors import GuestError, MachineError, MdevtestError
+from mdevtest.errors import GuestError, MachineError, MdevError, MdevtestError
 from mdevtest.host import HostFacts, probe_host
 from mdevtest.inventory import HostPair, Inventory, KernelImage
 from mdevtest.mdev import MdevInstance, MdevManager
@@ -242,6 +242,26 @@ class Testbed:
         vgpu = self.vgpus.pop(machine.tag, None)
         if vgpu is not None:
             self.release_vgpu(vgpu)
+
+    def verify_vgpus(self, source: RemoteMachine, destination: RemoteMachine) -> None:
+        """Right before migrating: both mdevs still exist, and they are of the same type."""
+        src, dst = self.vgpus.get(source.tag), self.vgpus.get(destination.tag)
+        if src is None and dst is None:
+            return
+        if src is None or dst is None:
+            raise MdevError(f"{source.label} -> {destination.label}: only one side has a vGPU")
+        if src.instance.type_id != dst.instance.type_id:
+            raise MdevError(
+                f"vGPU type mismatch: source {src.host} has {src.instance.type_id}, destination "
+                f"{dst.host} has {dst.instance.type_id}; a migration between them cannot work"
+            )
+        for vgpu in (src, dst):
+            present = {i.uuid for i in self.mdevs(vgpu.host).instances()}
+            if vgpu.instance.uuid not in present:
+                raise MdevError(
+                    f"{vgpu.host}: the vGPU {vgpu.instance.uuid} ({vgpu.instance.type_id}) vanished "
+                    "before the migration; something removed it under the test"
+                )
 
     def live_machines(self) -> list[RemoteMachine]:
         """Machines started in this session and not released yet (for the watchdog)."""

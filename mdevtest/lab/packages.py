@@ -18,7 +18,7 @@ LAB_PACKAGES: tuple[str, ...] = (
     "cpio",  # packs the guest initramfs
     "gcc",  # builds the guest workload (static)
     "libc6-dev",  # static libc for the workload
-    "iproute2",  # network namespaces, bridges, veth
+    "iproute2",  # network namespaces, bridges, veth; tc for fault injection
     "socat",  # reaches QMP / console UNIX sockets through SSH
     "kmod",  # modinfo for the guest's module list
     "xz-utils",
@@ -26,6 +26,7 @@ LAB_PACKAGES: tuple[str, ...] = (
     "libfuse3-3",  # the simulated vGPU parent's FUSE sysfs
     "mdevctl",  # cross-checks the simulated mdev tree with the real tool
     "util-linux",  # unshare, flock, findmnt
+    "iputils-ping",  # failure diagnosis: does the source reach the migration address?
 )
 
 _APT_TIMEOUT_S = 1800.0

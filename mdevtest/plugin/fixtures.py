@@ -181,6 +181,11 @@ def migration_limits(request: pytest.FixtureRequest, lab: Testbed, pair: HostPai
     return limits
 
 
+def last_outcome(node: pytest.Item) -> MigrationOutcome | None:
+    """The latest migration the ``migrate`` fixture started for this test (also when it raised)."""
+    return node.stash.get(LAST_OUTCOME, None)
+
+
 @dataclass
 class MigrationOutcome:
     """A migration made by the ``migrate`` fixture, with its checks' results."""
@@ -191,6 +196,7 @@ class MigrationOutcome:
     result: MigrationResult | None
     context: CheckContext | None = None
     error: str | None = None
+    failure_class: str | None = None  # infrastructure or product, when the migration failed
     source_console: str = ""
     source_status_after: str | None = None
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -255,7 +261,7 @@ def migrate(
     migration_policy: MigrationPolicy,
     migration_limits: Limits,
 ) -> Iterator[Callable[..., MigrationOutcome]]:
-    """``migrate(guest, to=None, cancel_when=None, verify=True, checks=None, policy=None)``.
+    """``migrate(guest, to=, cancel_when=, verify=True, checks=, policy=, on_point=)``.
 
     Migrates the guest over the test's pair (or ``to``), with every standard check (or ``checks``):
     snapshots before, judgement after (``verify=False`` leaves that to ``outcome.verify()``, for
@@ -264,7 +270,8 @@ def migrate(
     """
     from mdevtest.checks.base import CheckContext, run_before
     from mdevtest.checks.standard import standard_checks
-    from mdevtest.errors import MigrationError
+    from mdevtest.diagnose import diagnose, pin
+    from mdevtest.errors import MdevError, MigrationError, classify
     from mdevtest.migration import Migrator
     from mdevtest.report.allure_meta import history_safe_parameter
     from mdevtest.report.attach import attach_json, attach_migration, attach_text
@@ -282,6 +289,7 @@ def migrate(
         verify: bool = True,
         checks: list[Check] | None = None,
         policy: MigrationPolicy | None = None,
+        on_point: Callable[[TimelinePoint], None] | None = None,
     ) -> MigrationOutcome:
         route = to or pair
         policy = policy or migration_policy
@@ -297,6 +305,7 @@ def migrate(
             destination = lab.start_destination(route, source)
         outcome = MigrationOutcome(route, source, destination, None, ctx, check_results=early)
         outcome.checks_seconds = before_s
+        request.node.stash[LAST_OUTCOME] = outcome
         outcome.vgpus = {
             "source": lab.vgpus.get(source.tag),
             "destination": lab.vgpus.get(destination.tag),
@@ -310,8 +319,17 @@ def migrate(
             attach_json("migration policy", policy.describe())
             ctx.migrate_started = time.monotonic()
             try:
-                outcome.result = migrator.run(cancel_when=cancel_when)
+                lab.verify_vgpus(source, destination)
+            except MdevError as exc:
+                outcome.error = f"[{classify(exc)}] {exc}"
+                outcome.failure_class = classify(exc)
+                _discard_destination(lab, outcome)
+                raise
+            try:
+                outcome.result = migrator.run(cancel_when=cancel_when, on_point=on_point)
             except MigrationError as exc:
+                pin(exc, diagnose(route, lab.remote(route.source), destination))
+                outcome.failure_class = classify(exc)
                 outcome.error = str(exc)
                 with contextlib.suppress(MdevtestError):
                     outcome.result = migrator.result
@@ -383,6 +401,7 @@ def _summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dic
         .get("observed_downtime_ms"),
         "verdict": verdict,
         "error": outcome.error,
+        "failure_class": outcome.failure_class,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "accel": src_facts.accel,
         "accel_reason": src_facts.accel_reason,
@@ -408,3 +427,6 @@ def _vgpu_entry(pair: HostPair, vgpus: dict[str, VgpuAllocation | None]) -> dict
         "simulated": any(v.simulated for v in present),
         "mdev_uuids": {role: (v.instance.uuid if v else None) for role, v in vgpus.items()},
     }
+
+
+LAST_OUTCOME = pytest.StashKey[MigrationOutcome]()

@@ -52,6 +52,7 @@ class RemoteMachine:
         self._qmp: QmpSession | None = None
         self._quit_requested = False
         self._initial_params: dict[str, Any] | None = None
+        self.reconnects = 0
         self.started_at: float | None = None
 
     # -- start -----------------------------------------------------------------------------------
@@ -108,8 +109,18 @@ class RemoteMachine:
 
     @property
     def qmp(self) -> QmpSession:
+        """The QMP session; re-opened if the SSH connection under it died (an sshd restart).
+
+        Events QEMU sent while the session was down are lost; the reconnect is logged as an event.
+        """
         if self._qmp is None:
             raise MachineError(f"{self.label}: QMP is not connected (machine not started?)")
+        if self._bridge is not None and not self._bridge.alive and not self._quit_requested:
+            self._qmp.close()
+            self._bridge.close()
+            self._qmp, self._bridge = None, None
+            self.reconnects += 1
+            return self.connect_qmp()
         return self._qmp
 
     # -- queries ---------------------------------------------------------------------------------

@@ -1,0 +1,421 @@
+"""Fault suite (local lab, destructive): broken networks, dead or frozen QEMUs, lost SSH, bad vGPUs.
+
+Every case asserts what a nightly run needs: the guest keeps running (on the source when the
+fault comes before the switchover), the failure is classified (infrastructure or product), and
+nothing leaks (the discarded destination's QEMU and mdev are gone). Each case adds a row to
+``reports/reliability.md``, the table docs/reliability.md is made from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mdevtest.errors import MdevError, MigrationError, MigrationTimedOut, classify
+from mdevtest.guest import Guest
+from mdevtest.inventory import HostPair
+from mdevtest.lab import faults
+from mdevtest.lab.local import LocalLab
+from mdevtest.migration import MigrationPolicy, TimelinePoint
+from mdevtest.plugin.fixtures import MigrationOutcome, last_outcome
+from mdevtest.plugin.lease import LeaseManager
+from mdevtest.qemu.machine import RemoteMachine, process_alive
+from mdevtest.testbed import Testbed
+
+pytestmark = [pytest.mark.destructive, pytest.mark.pairs("host-a->host-b")]
+
+Migrate = Callable[..., MigrationOutcome]
+ROWS: list[dict[str, Any]] = []
+
+#: Slow enough that a fault lands mid-way; short enough that a stall times out quickly.
+SLOW = MigrationPolicy.from_options(max_bandwidth_mib=24, timeout_s=15)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reliability_table(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    report_dir = request.config.getoption("mdevtest_report_dir")
+    if not ROWS or not report_dir:
+        return
+    out = Path(report_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reliability.json").write_text(json.dumps(ROWS, indent=2) + "\n")
+    lines = [
+        "| fault | when | outcome | classified | guest afterwards | leaks |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['fault']} | {r['when']} | {r['outcome']} | {r['class']} | {r['guest']} | {r['leaks']} |"
+        for r in ROWS
+    ]
+    (out / "reliability.md").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def local_lab(lab: Testbed) -> LocalLab:
+    if lab.inventory.local_lab is None:
+        pytest.skip("fault injection needs the embedded local lab")
+    return LocalLab(lab.inventory)
+
+
+def _still_home(guest: Guest, source: RemoteMachine) -> str:
+    """The guest runs on the source, and its heartbeat advances there."""
+    __tracebackhide__ = True
+    assert guest.machine is source, "the guest moved although the migration failed"
+    assert source.status() == "running", f"source is {source.status()} after the fault"
+    before = source.serial_log().count("MDT-HB")
+    time.sleep(1.0)
+    assert source.serial_log().count("MDT-HB") > before, "the guest stopped beating on the source"
+    return f"running on {source.host.name}"
+
+
+def _no_leak(lab: Testbed, pair: HostPair, outcome: MigrationOutcome | None) -> str:
+    """The discarded destination's QEMU is gone and its mdev removed."""
+    __tracebackhide__ = True
+    if outcome is None:
+        return "none"
+    dst = outcome.destination
+    pid = dst.pid
+    assert pid is None or not process_alive(dst.remote, pid), f"destination QEMU {pid} still runs"
+    vgpu = outcome.vgpus.get("destination")
+    if vgpu is not None:
+        present = {i.uuid for i in lab.mdevs(pair.destination).instances()}
+        assert vgpu.instance.uuid not in present, "the destination's mdev was left behind"
+    return "none"
+
+
+def _last_outcome(request: pytest.FixtureRequest) -> MigrationOutcome | None:
+    """The migrate fixture's latest outcome (a failed migrate() raised before returning it)."""
+    return last_outcome(request.node)
+
+
+def _row(fault: str, when: str, exc: BaseException, guest: str, leaks: str) -> None:
+    ROWS.append(
+        {
+            "fault": fault,
+            "when": when,
+            "outcome": f"{type(exc).__name__}: {str(exc).splitlines()[0][:140]}",
+            "class": classify(exc),
+            "guest": guest,
+            "leaks": leaks,
+        }
+    )
+
+
+def _once(
+    action: Callable[[], None], when: Callable[[TimelinePoint], bool]
+) -> Callable[[TimelinePoint], None]:
+    done = False
+
+    def hook(point: TimelinePoint) -> None:
+        nonlocal done
+        if not done and when(point):
+            done = True
+            action()
+
+    return hook
+
+
+def _moving(point: TimelinePoint) -> bool:
+    return point.status == "active" and (point.ram_transferred or 0) > 8 << 20
+
+
+def test_link_cut_during_precopy(
+    request: pytest.FixtureRequest,
+    lab: Testbed,
+    local_lab: LocalLab,
+    pair: HostPair,
+    guest: Guest,
+    migrate: Migrate,
+) -> None:
+    source = guest.machine
+    with faults.link_restored(local_lab, pair.destination):
+        cut = _once(lambda: faults.set_link(local_lab, pair.destination, False), _moving)
+        with pytest.raises(MigrationTimedOut) as info:
+            migrate(guest, policy=SLOW, on_point=cut)
+        assert classify(info.value) == "infrastructure"
+        assert "cannot reach the migration address" in str(info.value)
+    _row(
+        "migration link cut",
+        "pre-copy",
+        info.value,
+        _still_home(guest, source),
+        _no_leak(lab, pair, _last_outcome(request)),
+    )
+
+
+def test_link_cut_during_switchover(
+    request: pytest.FixtureRequest,
+    lab: Testbed,
+    local_lab: LocalLab,
+    pair: HostPair,
+    guest: Guest,
+    migrate: Migrate,
+) -> None:
+    source = guest.machine
+    policy = MigrationPolicy.from_options(pause_before_switchover=True, timeout_s=15)
+
+    def cut_then_continue() -> None:
+        faults.set_link(local_lab, pair.destination, False)
+        source.qmp.execute("migrate-continue", {"state": "pre-switchover"})
+
+    with faults.link_restored(local_lab, pair.destination):
+        hook = _once(cut_then_continue, lambda p: p.status == "pre-switchover")
+        with pytest.raises(MigrationTimedOut) as info:
+            migrate(guest, policy=policy, on_point=hook)
+        assert classify(info.value) == "infrastructure"
+    _row(
+        "migration link cut",
+        "switchover",
+        info.value,
+        _still_home(guest, source),
+        _no_leak(lab, pair, _last_outcome(request)),
+    )
+
+
+def test_bandwidth_throttled_cannot_converge(
+    request: pytest.FixtureRequest,
+    lab: Testbed,
+    local_lab: LocalLab,
+    pair: HostPair,
+    guest: Guest,
+    migrate: Migrate,
+) -> None:
+    source = guest.machine
+    with (
+        faults.throttled(local_lab, pair.destination, "2mbit"),
+        pytest.raises(MigrationTimedOut) as info,
+    ):
+        migrate(guest, policy=MigrationPolicy.from_options(timeout_s=15))
+    assert "not completed within 15 s" in str(info.value)
+    # The network works, only slowly: the product did not converge within the policy's time.
+    assert classify(info.value) == "product"
+    _row(
+        "bandwidth throttled (tc, 2 Mbit/s)",
+        "whole migration",
+        info.value,
+        _still_home(guest, source),
+        _no_leak(lab, pair, _last_outcome(request)),
+    )
+
+
+def test_destination_qemu_killed(
+    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair, guest: Guest, migrate: Migrate
+) -> None:
+    source = guest.machine
+
+    def kill_destination() -> None:
+        dst = _last_outcome(request)
+        assert dst is not None
+        dst.destination.remote.check(["kill", "-9", str(dst.destination.pid)])
+
+    with pytest.raises(MigrationError) as info:
+        migrate(guest, policy=SLOW, on_point=_once(kill_destination, _moving))
+    assert classify(info.value) == "infrastructure"
+    assert "destination QEMU" in str(info.value)
+    _row(
+        "destination QEMU killed (SIGKILL)",
+        "pre-copy",
+        info.value,
+        _still_home(guest, source),
+        _no_leak(lab, pair, _last_outcome(request)),
+    )
+
+
+def test_destination_qemu_frozen(
+    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair, guest: Guest, migrate: Migrate
+) -> None:
+    source = guest.machine
+
+    def freeze_destination() -> None:
+        dst = _last_outcome(request)
+        assert dst is not None
+        dst.destination.remote.check(["kill", "-STOP", str(dst.destination.pid)])
+
+    with pytest.raises(MigrationTimedOut) as info:
+        migrate(guest, policy=SLOW, on_point=_once(freeze_destination, _moving))
+    assert classify(info.value) == "infrastructure"
+    assert "does not answer QMP" in str(info.value)
+    _row(
+        "destination QEMU frozen (SIGSTOP)",
+        "pre-copy",
+        info.value,
+        _still_home(guest, source),
+        _no_leak(lab, pair, _last_outcome(request)),
+    )
+
+
+def test_source_sshd_restarted_mid_test(
+    lab: Testbed, local_lab: LocalLab, pair: HostPair, guest: Guest, migrate: Migrate
+) -> None:
+    source = guest.machine
+    killed = faults.restart_sshd(local_lab, pair.source)
+    assert killed >= 2, "expected the listener and our session's sshd"
+    outcome = migrate(guest)  # SSH and QMP reconnect by themselves
+    assert outcome.result is not None
+    assert outcome.result.completed
+    assert source.reconnects >= 1
+    outcome.raise_for_checks()
+    ROWS.append(
+        {
+            "fault": "source host's sshd restarted (all sessions dropped)",
+            "when": "before the migration",
+            "outcome": f"migration completed, checks passed; QMP reconnected {source.reconnects}x",
+            "class": "none (recovered)",
+            "guest": f"running on {pair.destination}",
+            "leaks": "none",
+        }
+    )
+
+
+def _allocation_tampered(
+    lab: Testbed, monkeypatch: pytest.MonkeyPatch, pair: HostPair, tamper: Callable[[Any], Any]
+) -> None:
+    """Let the destination's vGPU allocation be changed the moment it is made."""
+    real = lab.allocate_vgpu
+
+    def allocate(route: HostPair, host: str, *, uuid: str | None = None) -> Any:
+        if host != pair.destination:
+            return real(route, host, uuid=uuid)
+        return tamper(real)(route, host, uuid=uuid)
+
+    monkeypatch.setattr(lab, "allocate_vgpu", allocate)
+
+
+def test_destination_mdev_removed_before_incoming(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    lab: Testbed,
+    pair: HostPair,
+    guest: Guest,
+    migrate: Migrate,
+) -> None:
+    source = guest.machine
+
+    def removed_at_once(real: Callable[..., Any]) -> Callable[..., Any]:
+        def allocate(route: HostPair, host: str, *, uuid: str | None = None) -> Any:
+            vgpu = real(route, host, uuid=uuid)
+            lab.mdevs(host).remove(vgpu.instance.uuid)  # someone removes it before -incoming
+            return vgpu
+
+        return allocate
+
+    _allocation_tampered(lab, monkeypatch, pair, removed_at_once)
+    with pytest.raises(MdevError, match="vanished before the migration") as info:
+        migrate(guest)
+    assert classify(info.value) == "infrastructure"
+    _row(
+        "destination mdev removed before -incoming",
+        "before the migration",
+        info.value,
+        _still_home(guest, source),
+        _no_leak(lab, pair, _last_outcome(request)),
+    )
+
+
+def test_vgpu_type_mismatch(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    lab: Testbed,
+    pair: HostPair,
+    guest: Guest,
+    migrate: Migrate,
+) -> None:
+    source = guest.machine
+    assert pair.vgpu is not None
+    other = pair.model_copy(update={"vgpu": pair.vgpu.model_copy(update={"type": "i915-GVTg_V5_8"})})
+
+    def other_type(real: Callable[..., Any]) -> Callable[..., Any]:
+        def allocate(route: HostPair, host: str, *, uuid: str | None = None) -> Any:
+            return real(other, host, uuid=uuid)
+
+        return allocate
+
+    _allocation_tampered(lab, monkeypatch, pair, other_type)
+    with pytest.raises(MdevError, match="vGPU type mismatch") as info:
+        migrate(guest)
+    assert "i915-GVTg_V5_4" in str(info.value)
+    assert "i915-GVTg_V5_8" in str(info.value)
+    _row(
+        "vGPU type mismatch (V5_4 -> V5_8)",
+        "before the migration",
+        info.value,
+        _still_home(guest, source),
+        _no_leak(lab, pair, _last_outcome(request)),
+    )
+
+
+SLOW_TEST = """
+from mdevtest.migration import MigrationPolicy
+
+
+def test_slow_migration(guest, migrate):
+    migrate(guest, policy=MigrationPolicy.from_options(max_bandwidth_mib=4, timeout_s=600))
+"""
+
+
+def _qemus() -> list[str]:
+    out = subprocess.run(
+        ["pgrep", "-af", "qemu-system"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return [line for line in out.stdout.splitlines() if "mdevtest-" in line]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_controller_interrupted_mid_migration_is_cleaned_up(
+    lab: Testbed, leases: LeaseManager, pair: HostPair, tmp_path: Path, signum: signal.Signals
+) -> None:
+    leases.hold([])  # the interrupted run must be able to lease the pair
+    test_file = tmp_path / "test_slow.py"
+    test_file.write_text(SLOW_TEST)
+    repo = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "pytest", str(test_file), "--rootdir", str(repo),
+            "-p", "no:cacheprovider", "--inventory", str(lab.inventory.source_path),
+            "--mdevtest-pairs", pair.id, "--mdevtest-keep-lab",
+            "--mdevtest-report-dir", str(tmp_path / "reports"), "-q"]  # fmt: skip
+    with (tmp_path / "run.log").open("w") as log:
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not any("-incoming defer" in q for q in _qemus()):  # the migration is under way
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "the interrupted run never started migrating"
+            time.sleep(0.5)
+        time.sleep(2.0)
+        os.kill(proc.pid, signum)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+    reaped = lab.reap()  # what the next run does first
+    left = [q for q in _qemus() if lab.run_id not in q]
+    assert left == [], f"QEMU processes left after reaping: {left}"
+    for host in (pair.source, pair.destination):
+        owners = {r.owner for r in lab.mdevs(host).records()}
+        assert owners <= {lab.run_id}, f"{host}: mdevs of another run left: {owners}"
+    leases.hold([pair.source, pair.destination])  # a dead run's leases are taken over
+    leases.hold([])
+    what = sum(len(v) for v in reaped.values())
+    ROWS.append(
+        {
+            "fault": f"controller interrupted ({signum.name})",
+            "when": "mid-migration",
+            "outcome": "run stopped; "
+            + ("its own teardown cleaned up" if what == 0 else f"next run reaped {what} leftover(s)"),
+            "class": "infrastructure",
+            "guest": "stopped with the run (it belonged to it)",
+            "leaks": "none after the reaper",
+        }
+    )
