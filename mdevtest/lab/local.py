@@ -426,6 +426,9 @@ class LocalLab:
             for h in self.hosts:
                 if h.sysfs_root is not None:
                     _simsysfs(h, "--stop", check=False)
+            # Simulated vGPU daemons of hosts this inventory does not name (a larger lab's).
+            _terminate({p for p in _all_pids() if "mdevtest.lab.simsysfs" in (c := _cmdline(p))
+                        and str(self.state_dir) in c})  # fmt: skip
             for mount in _mounts_under(self.state_dir):
                 progress(f"unmounting {mount}")
                 sh(["umount", "-l", mount], check=False)
@@ -479,6 +482,10 @@ def _mounts_under(path: Path) -> list[str]:
 
 def _is_mountpoint(path: Path) -> bool:
     return str(path) in sh(["findmnt", "-rn", "-o", "TARGET"], check=False).split()
+
+
+def _all_pids() -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
 
 
 def _cmdline(pid: int) -> str:
