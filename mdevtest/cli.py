@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                      f"({', '.join(f'{k}: {v}' for k, v in FLAVOR_INVENTORIES.items())}); "
                      "`lab status` without --flavor or --inventory shows both")  # fmt: skip
     lab.add_argument("--inventory", default=None, metavar="PATH",
-                     help=f"the lab's inventory (default: by --flavor; {DEFAULT_INVENTORY})")  # fmt: skip
+                     help="the lab's inventory (default: the --flavor's)")  # fmt: skip
     lab.add_argument("--no-image", action="store_true", help="lab up: skip the guest image build")
 
     rep = sub.add_parser("report", help="make the HTML report from Allure results (Allure 2, npm)")

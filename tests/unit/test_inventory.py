@@ -348,7 +348,8 @@ def test_bad_discriminator_lists_the_image_kinds(tmp_path: Path) -> None:
     message = problems_of(write(tmp_path, edited("kind: lab-synthetic", "kind: iso")))
 
     assert (
-        "guest.image.kind: 'iso' is not allowed: must be one of 'lab-synthetic', 'lab-mtty', 'kernel', 'disk'"
+        "guest.image.kind: 'iso' is not allowed: must be one of "
+        "'lab-synthetic', 'lab-mtty', 'kernel', 'disk'"
         in message
     )
 
