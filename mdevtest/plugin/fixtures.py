@@ -112,10 +112,11 @@ def pair(request: pytest.FixtureRequest) -> HostPair:
 @pytest.fixture
 def preflight(
     request: pytest.FixtureRequest, lab: Testbed, leases: LeaseManager, pair: HostPair
-) -> PreflightReport:
+) -> Iterator[PreflightReport]:
     """The pair's preflight; a failure fails (or, with --mdevtest-preflight=skip, skips) the test.
 
-    The pair's hosts are leased first: no other test process uses them until this one moves on.
+    The pair's hosts are leased first and released after the test: no other test process
+    (an xdist worker, another run) uses them meanwhile.
     """
     from mdevtest.preflight import preflight_pair
     from mdevtest.report.attach import attach_json
@@ -126,17 +127,20 @@ def preflight(
         except MdevtestError as exc:
             pytest.fail(str(exc), pytrace=False)
 
-    cross = request.node.get_closest_marker("cross_version") is not None
-    with allure.step(f"preflight {pair.id}"):
-        report = preflight_pair(lab, pair, cross_version=cross)
-        attach_json("preflight", report.to_json())
-    if not report.passed:
-        reasons = "; ".join(c.line() for c in report.failures)
-        message = f"{pair.id}: preflight failed: {reasons}"
-        if state_of(request.config).preflight == "skip":
-            pytest.skip(message)
-        pytest.fail(message, pytrace=False)
-    return report
+    try:
+        cross = request.node.get_closest_marker("cross_version") is not None
+        with allure.step(f"preflight {pair.id}"):
+            report = preflight_pair(lab, pair, cross_version=cross)
+            attach_json("preflight", report.to_json())
+        if not report.passed:
+            reasons = "; ".join(c.line() for c in report.failures)
+            message = f"{pair.id}: preflight failed: {reasons}"
+            if state_of(request.config).preflight == "skip":
+                pytest.skip(message)
+            pytest.fail(message, pytrace=False)
+        yield report
+    finally:
+        leases.hold([])  # after the guest's teardown: the hosts are free again
 
 
 @pytest.fixture
