@@ -99,13 +99,18 @@ class Testbed:
             state_dir=remote.host.state_dir,
         )
 
+    def reap_host(self, host: str) -> list[str]:
+        """Kill machines and remove mdevs that other runs left on ``host`` (ours only).
+
+        Call it only while holding the host's lease: a live run keeps its machines and mdevs only
+        while it holds the lease, so whatever is left then belongs to a run that died.
+        """
+        left = reap(self.remote(host), keep_run=self.run_id)
+        return left + [f"mdev {u}" for u in self.mdevs(host).reap(keep_owner=self.run_id)]
+
     def reap(self) -> dict[str, list[str]]:
-        """Kill machines and remove mdevs that earlier runs left on every host (ours only)."""
-        reaped: dict[str, list[str]] = {}
-        for h in self.inventory.hosts:
-            reaped[h.name] = reap(self.remote(h.name), keep_run=self.run_id)
-            reaped[h.name] += [f"mdev {u}" for u in self.mdevs(h.name).reap(keep_owner=self.run_id)]
-        return reaped
+        """:meth:`reap_host` on every host (``mdevtest lab reap``; no other run may be active)."""
+        return {h.name: self.reap_host(h.name) for h in self.inventory.hosts}
 
     # -- images ----------------------------------------------------------------------------------
 

@@ -82,13 +82,6 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
                     )
 
             stack.callback(_environment)  # at the end, while the Testbed is still connected
-        try:
-            reaped = testbed.reap()
-        except MdevtestError as exc:
-            pytest.fail(f"cannot prepare the lab hosts: {exc}", pytrace=False)
-        for host, tags in reaped.items():
-            if tags:
-                progress(f"{host}: reaped {len(tags)} machine(s) left by an earlier run")
         yield testbed
 
 
@@ -98,7 +91,16 @@ def leases(request: pytest.FixtureRequest, lab: Testbed) -> Iterator[LeaseManage
     from mdevtest.plugin.lease import LeaseManager
 
     state = state_of(request.config)
-    with LeaseManager(lab.pool, run_id=state.run_id, worker=state.worker) as manager:
+
+    def reap(host: str) -> None:
+        """Holding the lease, whatever another run left on the host is from a dead run."""
+        left = lab.reap_host(host)
+        if left:
+            allure.attach(
+                "\n".join(left), name=f"reaped on {host}", attachment_type=allure.attachment_type.TEXT
+            )
+
+    with LeaseManager(lab.pool, run_id=state.run_id, worker=state.worker, on_acquire=reap) as manager:
         yield manager
 
 

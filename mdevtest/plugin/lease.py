@@ -16,7 +16,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -62,6 +62,7 @@ class LeaseManager:
         ttl: float = 60.0,
         wait: float = 900.0,
         poll: float = 1.0,
+        on_acquire: Callable[[str], None] | None = None,
     ) -> None:
         self.pool = pool
         self.owner = Owner(run_id, worker, socket.gethostname(), os.getpid())
@@ -69,6 +70,7 @@ class LeaseManager:
         self.wait = wait
         self.poll = poll
         self.held: list[str] = []
+        self.on_acquire = on_acquire  # e.g. reap what a dead run left on the host
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="lease heartbeat", daemon=True)
@@ -87,6 +89,8 @@ class LeaseManager:
                 for host in wanted:
                     self._acquire(host)
                     self.held.append(host)
+                    if self.on_acquire is not None:
+                        self.on_acquire(host)
             except BaseException:
                 self._release_all()
                 raise
