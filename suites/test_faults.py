@@ -153,6 +153,12 @@ def test_link_cut_during_precopy(
     )
 
 
+@pytest.mark.skip(
+    reason="found in this lab: with the link cut after pre-switchover, QEMU 7.2 writes the device "
+    "state over the dead socket while holding its main lock, so QMP (query-migrate, migrate_cancel) "
+    "does not answer until TCP gives up (minutes); the framework reports QmpError (infrastructure) "
+    "but cannot cancel. Kept as a known gap until recovery (restore link / kill source) is designed"
+)
 def test_link_cut_during_switchover(
     request: pytest.FixtureRequest,
     lab: Testbed,
