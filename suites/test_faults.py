@@ -369,11 +369,13 @@ def test_slow_migration(guest, migrate):
 """
 
 
-def _qemus() -> list[str]:
+def _qemus(lab: Testbed) -> list[str]:
+    """QEMUs running in this lab's hosts (by their machine directories), whoever started them."""
     out = subprocess.run(
         ["pgrep", "-af", "qemu-system"], capture_output=True, text=True, timeout=30, check=False
     )
-    return [line for line in out.stdout.splitlines() if "mdevtest-" in line]
+    dirs = [f"{h.state_dir}/vms/" for h in lab.inventory.hosts]
+    return [line for line in out.stdout.splitlines() if any(d in line for d in dirs)]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
@@ -394,7 +396,7 @@ def test_controller_interrupted_mid_migration_is_cleaned_up(
         )
     try:
         deadline = time.monotonic() + 300
-        while not any("-incoming defer" in q for q in _qemus()):  # the migration is under way
+        while not any("-incoming defer" in q for q in _qemus(lab)):  # the migration is under way
             assert proc.poll() is None, (tmp_path / "run.log").read_text()[-2000:]
             assert time.monotonic() < deadline, "the interrupted run never started migrating"
             time.sleep(0.5)
@@ -406,7 +408,7 @@ def test_controller_interrupted_mid_migration_is_cleaned_up(
             proc.kill()
             proc.wait(timeout=60)
     reaped = lab.reap()  # what the next run does first
-    left = [q for q in _qemus() if lab.run_id not in q]
+    left = [q for q in _qemus(lab) if lab.run_id not in q]
     assert left == [], f"QEMU processes left after reaping: {left}"
     for host in (pair.source, pair.destination):
         owners = {r.owner for r in lab.mdevs(host).records()}
