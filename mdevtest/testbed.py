@@ -174,18 +174,14 @@ class Testbed:
         return remote_path
 
     def _ensure_files(self, host: str, files: dict[str, Path]) -> None:
-        """Upload controller files to ``host`` once per session, unless already there."""
+        """Upload controller files to ``host`` unless they are already there."""
         remote = self.remote(host)
         with self._lock:
-            missing = [(r, loc) for r, loc in files.items() if (host, r) not in self._uploaded]
-            if not missing:
-                return
-            test = " && ".join(f"test -s {shlex.quote(r)}" for r, _ in missing)
-            if remote.run_shell(test, timeout=30).rc != 0:
-                for target, local in missing:
+            # Checked on the host every time (one round trip): a host may be wiped mid-session.
+            for target, local in files.items():
+                if remote.run_shell(f"test -s {shlex.quote(target)}", timeout=30).rc != 0:
                     remote.check(["mkdir", "-p", target.rsplit("/", 1)[0]], timeout=30)
                     remote.put(local, target, timeout=300)
-            self._uploaded.update((host, r) for r, _ in missing)
 
     def controller_address(self, host: str) -> str:
         """The controller's address as ``host`` sees it (from the SSH session itself)."""
