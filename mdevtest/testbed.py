@@ -71,7 +71,6 @@ class Testbed:
         self.pool = RemotePool(inventory.hosts)
         self._facts: dict[str, HostFacts] = {}
         self._image: ImageFiles | None = None
-        self._uploaded: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._serial = 0
         self.vgpus: dict[str, VgpuAllocation] = {}  # machine tag -> its mdev
