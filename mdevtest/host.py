@@ -51,7 +51,7 @@ def probe_accel(remote: Remote) -> tuple[Accel, str]:
 _HELP_MARK = "=====mdevtest-device-help====="
 
 
-def probe_qemu_caps(remote: Remote, *, timeout: float = 60.0) -> QemuCaps:
+def probe_qemu_caps(remote: Remote, *, timeout: float = 200.0) -> QemuCaps:
     """What this host's QEMU supports, from its own answers (one SSH round trip).
 
     ``query-version`` and ``query-qmp-schema`` from a QEMU started with ``-machine none`` and QMP on
@@ -63,7 +63,7 @@ def probe_qemu_caps(remote: Remote, *, timeout: float = 60.0) -> QemuCaps:
         for c in ("qmp_capabilities", "query-version", "query-qmp-schema", "quit")
     )
     script = (
-        f"printf '%s\\n' {commands} | timeout 30 {qemu} -machine none -nodefaults -display none "
+        f"printf '%s\\n' {commands} | timeout 90 {qemu} -machine none -nodefaults -display none "
         f"-qmp stdio; echo {_HELP_MARK}; timeout 30 {qemu} -device vfio-pci,help 2>&1; true"
     )
     out = remote.check_shell(script, timeout=timeout).stdout
@@ -72,7 +72,10 @@ def probe_qemu_caps(remote: Remote, *, timeout: float = 60.0) -> QemuCaps:
     for raw in qmp_text.splitlines():
         line = raw.strip()
         if line.startswith("{"):
-            message = json.loads(line)
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue  # cut short (QEMU stopped by `timeout` on a loaded host): judged below
             if "return" in message:
                 replies.append(message["return"])
     version = next((r for r in replies if isinstance(r, dict) and "qemu" in r), None)
