@@ -56,16 +56,38 @@ def probe_qemu_caps(remote: Remote, *, timeout: float = 200.0) -> QemuCaps:
 
     ``query-version`` and ``query-qmp-schema`` from a QEMU started with ``-machine none`` and QMP on
     stdio, and the ``vfio-pci`` property list from ``-device vfio-pci,help``.
+
+    QEMU's replies go to a file on the host, and ``quit`` is sent only once all three replies are
+    complete lines there: QEMU does not flush a reply still queued for a slow reader before it exits,
+    so a ``quit`` piped in right behind the (large) schema query cut the schema short on a busy host.
     """
     qemu = shlex.quote(remote.host.qemu_binary)
     commands = " ".join(
         shlex.quote(json.dumps({"execute": c}))
-        for c in ("qmp_capabilities", "query-version", "query-qmp-schema", "quit")
+        for c in ("qmp_capabilities", "query-version", "query-qmp-schema")
     )
-    script = (
-        f"printf '%s\\n' {commands} | timeout 90 {qemu} -machine none -nodefaults -display none "
-        f"-qmp stdio; echo {_HELP_MARK}; timeout 30 {qemu} -device vfio-pci,help 2>&1; true"
-    )
+    quit_command = shlex.quote(json.dumps({"execute": "quit"}))
+    # QEMU's greeting + three replies = four complete lines in "$d/out"
+    script = f"""trap '' PIPE
+d=$(mktemp -d) || exit 1
+trap 'rm -rf "$d"' EXIT
+mkfifo "$d/in" && : >"$d/out" || exit 1
+timeout 90 {qemu} -machine none -nodefaults -display none -qmp stdio <"$d/in" >"$d/out" 2>"$d/err" &
+q=$!
+exec 3>"$d/in"
+printf '%s\\n' {commands} >&3
+i=0
+while [ "$(wc -l <"$d/out")" -lt 4 ] && [ $i -lt 900 ] && kill -0 $q 2>/dev/null; do
+  sleep 0.1; i=$((i+1))
+done
+printf '%s\\n' {quit_command} >&3
+exec 3>&-
+wait $q
+cat "$d/out" "$d/err"
+echo {_HELP_MARK}
+timeout 30 {qemu} -device vfio-pci,help 2>&1
+true
+"""
     out = remote.check_shell(script, timeout=timeout).stdout
     qmp_text, _, help_text = out.partition(_HELP_MARK)
     replies: list[Any] = []
@@ -75,7 +97,7 @@ def probe_qemu_caps(remote: Remote, *, timeout: float = 200.0) -> QemuCaps:
             try:
                 message = json.loads(line)
             except ValueError:
-                continue  # cut short (QEMU stopped by `timeout` on a loaded host): judged below
+                continue  # cut short (QEMU stopped by `timeout`): judged below
             if "return" in message:
                 replies.append(message["return"])
     version = next((r for r in replies if isinstance(r, dict) and "qemu" in r), None)
