@@ -62,11 +62,9 @@ def main() -> None:
             result = Migrator(source, destination, uri=testbed.migration_uri(pair)).run()
             figures["migration"] = {"pair": pair.id, **result.figures()}
         finally:
-            source.shutdown()
-            source.remove_files()
+            testbed.release(source)
             if destination is not None:
-                destination.shutdown()
-                destination.remove_files()
+                testbed.release(destination)
     print(json.dumps(figures, indent=2))
 
 

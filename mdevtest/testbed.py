@@ -268,15 +268,24 @@ class Testbed:
         return [m for m in self._machines if m.pid is not None]
 
     def release(self, machine: RemoteMachine) -> None:
-        """Stop a machine, remove its files and its mdev. Idempotent; keeps going past errors."""
-        machine.shutdown()
+        """Stop a machine, remove its files and its mdev. Idempotent.
+
+        Every step runs even when an earlier one fails (a QEMU that would not stop must not leave
+        its mdev behind as well); the first failure is raised at the end.
+        """
+        vgpu = self.vgpus.pop(machine.tag, None)
+        with contextlib.ExitStack() as steps:  # run last-registered first: stop, files, mdev
+            if machine in self._machines:
+                steps.callback(self._machines.remove, machine)
+            if vgpu is not None:
+                steps.callback(self.release_vgpu, vgpu)
+            steps.callback(self._remove_files_quietly, machine)
+            machine.shutdown()
+
+    @staticmethod
+    def _remove_files_quietly(machine: RemoteMachine) -> None:
         with contextlib.suppress(MdevtestError):
             machine.remove_files()
-        vgpu = self.vgpus.pop(machine.tag, None)
-        if vgpu is not None:
-            self.release_vgpu(vgpu)
-        with contextlib.suppress(ValueError):
-            self._machines.remove(machine)
 
     def next_name(self, role: str) -> str:
         with self._lock:

@@ -16,17 +16,19 @@ from mdevtest.testbed import Testbed
 def test_machine_starts_and_stops_without_leftovers(lab: Testbed) -> None:
     pair = lab.inventory.pairs[0]
     machine = lab.start_source(pair)
+    vgpu = lab.vgpus.get(machine.tag)
     try:
         assert machine.status() == "running"
         assert machine.is_alive()
         pid = machine.pid
     finally:
-        machine.shutdown()
+        lab.release(machine)
     remote = lab.remote(pair.source)
     assert pid is not None
-    assert not process_alive(remote, pid), "QEMU still alive after shutdown"
-    machine.remove_files()
+    assert not process_alive(remote, pid), "QEMU still alive after release"
     assert machine.tag not in reap(remote, keep_run=None)  # nothing of ours was left to reap
+    if vgpu is not None:  # and its mdev went with it
+        assert vgpu.instance.uuid not in {i.uuid for i in lab.mdevs(vgpu.host).instances()}
 
 
 def test_reap_kills_what_a_crashed_run_left(lab: Testbed) -> None:
@@ -65,10 +67,8 @@ def test_live_migration_keeps_the_guest_running(lab: Testbed) -> None:
         time.sleep(2)
         check_heartbeat_continuity(source.serial_log(), destination.serial_log())
     finally:
-        source.shutdown()
-        destination.shutdown()
-        source.remove_files()
-        destination.remove_files()
+        lab.release(source)
+        lab.release(destination)
 
 
 def test_timeout_cancels_and_the_guest_keeps_running_on_the_source(lab: Testbed) -> None:
@@ -85,7 +85,5 @@ def test_timeout_cancels_and_the_guest_keeps_running_on_the_source(lab: Testbed)
         time.sleep(1.5)
         assert source.serial_log().count("MDT-HB") > before, "guest stopped beating on the source"
     finally:
-        source.shutdown()
-        destination.shutdown()
-        source.remove_files()
-        destination.remove_files()
+        lab.release(source)
+        lab.release(destination)
