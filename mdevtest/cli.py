@@ -3,10 +3,12 @@
     mdevtest inventory check PATH      validate an inventory and print the lab it describes
     mdevtest lab up|down|status|reap   manage an embedded lab (root): --flavor netns|nested
     mdevtest report                    make the HTML report from Allure results (Allure 2, npm)
+    mdevtest premerge --patch PATCH    judge an mtty driver change on the nested lab (root)
 
 Exit codes: 0 success; 1 the lab is not up (``lab status``); 2 bad command line (``report``: no
 results to report on); 3 bad inventory; 4 the lab or a host failed (``report``: node, npm, java or
-the generator failed); 130 interrupted. Errors are one short message, never a traceback.
+the generator failed); 5 the driver change failed the suite or regressed against the baseline
+(``premerge``); 130 interrupted. Errors are one short message, never a traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ EXIT_OK = 0
 EXIT_NOT_UP = 1
 EXIT_USAGE = 2
 EXIT_INVENTORY = 3
+EXIT_REJECTED = 5
 EXIT_LAB = 4
 EXIT_INTERRUPTED = 130
 
@@ -55,6 +58,31 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--inventory", default=None, metavar="PATH",
                      help="the lab's inventory (default: the --flavor's)")  # fmt: skip
     lab.add_argument("--no-image", action="store_true", help="lab up: skip the guest image build")
+
+    pre = sub.add_parser("premerge", help="judge an mtty driver change on the nested lab (root)")
+    change = pre.add_mutually_exclusive_group(required=True)
+    change.add_argument("--patch", metavar="PATCH",
+                        help="a patch to samples/vfio-mdev/mtty.c (-p1, git's a/ b/ paths)")  # fmt: skip
+    change.add_argument("--module", metavar="KO", help="an mtty.ko built for the hosts' kernel")
+    pre.add_argument("--inventory", default=FLAVOR_INVENTORIES["nested"], metavar="PATH",
+                     help=f"the nested lab (default: {FLAVOR_INVENTORIES['nested']})")  # fmt: skip
+    pre.add_argument("--baseline", metavar="SUMMARY", default=None,
+                     help="summary.json of a run with the unchanged driver (default: run the "
+                     "suite with the image's own mtty.ko first)")  # fmt: skip
+    pre.add_argument("--suite", default="suites/test_migration_basic.py", metavar="PATH",
+                     help="what to run (default: suites/test_migration_basic.py)")  # fmt: skip
+    pre.add_argument("--report-dir", default="reports/premerge", metavar="DIR",
+                     help="baseline/ and patched/ go here (default: reports/premerge)")  # fmt: skip
+    pre.add_argument(
+        "--pairs",
+        default="",
+        metavar="IDS",
+        help="only these pair ids, e.g. 'host-a->host-b' (default: all)",
+    )
+    pre.add_argument("--tolerance", default=None, metavar="SPEC",
+                     help="the baseline gate's slack, e.g. relative=1.0,absolute_ms=10000 "
+                     "(default: generous, for TCG timings)")  # fmt: skip
+    pre.add_argument("--keep-lab", action="store_true", help="leave the nested lab up at the end")
 
     rep = sub.add_parser("report", help="make the HTML report from Allure results (Allure 2, npm)")
     rep.add_argument(
@@ -178,6 +206,27 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _premerge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mdevtest.lab.premerge import NESTED_TOLERANCE, premerge
+
+    result = premerge(
+        Path(args.inventory),
+        patch=Path(args.patch) if args.patch else None,
+        module=Path(args.module) if args.module else None,
+        baseline=Path(args.baseline) if args.baseline else None,
+        suite=args.suite,
+        report_dir=Path(args.report_dir),
+        pytest_args=["--mdevtest-pairs", args.pairs] if args.pairs else [],
+        tolerance=args.tolerance or NESTED_TOLERANCE,
+        keep_lab=args.keep_lab,
+        progress=_progress,
+    )
+    print(result.render())
+    return EXIT_OK if result.passed else EXIT_REJECTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -185,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inventory_check(args.path)
         if args.command == "report":
             return _report(args)
+        if args.command == "premerge":
+            return _premerge(args)
         return _lab(args.action, args.inventory, args.flavor, no_image=args.no_image)
     except InventoryError as exc:
         print(f"mdevtest: {exc}", file=sys.stderr)

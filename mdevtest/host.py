@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mdevtest.errors import RemoteError
 from mdevtest.qemu.cmdline import Accel
@@ -13,6 +14,93 @@ from mdevtest.remote import Remote
 from mdevtest.vendors import QemuCaps
 
 _KVM_PROBE_S = 3
+
+
+#: How QEMU learns which guest pages a VFIO device wrote during a migration:
+#: ``device`` QEMU's default: the device's own DMA logging (VFIO_DEVICE_FEATURE_DMA_LOGGING);
+#: ``off`` ``x-device-dirty-page-tracking=off``: no device tracking, QEMU counts every page the
+#: device can reach as dirty at the switchover (correct, but more to copy while stopped).
+DirtyTrackingMode = Literal["device", "off"]
+
+#: First kernel that builds the DMA-logging bitmap helpers (iova_bitmap) only with
+#: CONFIG_IOMMUFD_DRIVER (moved into iommufd in 6.7); before, vfio always had them.
+IOMMUFD_DRIVER_KERNEL = (6, 7)
+_DIRTY_OPTION = "x-device-dirty-page-tracking"
+
+
+@dataclass(frozen=True)
+class DirtyTracking:
+    """The dirty-tracking mode VFIO migrations use on a host, and why (what preflight reports).
+
+    ``device_logging`` is whether the kernel can report a device's DMA log (None: unknown);
+    ``usable`` whether a VFIO migration can work here at all in ``mode``.
+    """
+
+    mode: DirtyTrackingMode
+    device_logging: bool | None
+    usable: bool
+    detail: str
+
+    @property
+    def vfio_options(self) -> tuple[str, ...]:
+        """``vfio-pci`` options this mode needs (besides enabling migration)."""
+        return (f"{_DIRTY_OPTION}=off",) if self.mode == "off" else ()
+
+
+def dirty_tracking(kernel: str, config_line: str | None, caps: QemuCaps) -> DirtyTracking:
+    """Decide the mode from the kernel release, its ``CONFIG_IOMMUFD_DRIVER`` line and QEMU.
+
+    ``config_line`` is the ``CONFIG_IOMMUFD_DRIVER=...`` line of ``/boot/config-<kernel>``, ""
+    when the file has none (the option is off), or None when there is no config file. From
+    6.7 a kernel without CONFIG_IOMMUFD_DRIVER has stub DMA-logging helpers: a device that
+    offers DMA logging (mtty does, as a no-op) starts it, and every report then fails with
+    EOPNOTSUPP, so QEMU's default mode fails the migration at once ("ram_save_setup failed:
+    Operation not supported"). QEMU must then run the device with the option off, which also
+    needs ``enable-migration=on`` (``auto`` would call the device unmigratable).
+    """
+    match = re.match(r"(\d+)\.(\d+)", kernel)
+    release = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    if release < IOMMUFD_DRIVER_KERNEL:
+        return DirtyTracking(
+            "device", True, True, f"kernel {kernel} (< 6.7) has vfio's DMA-logging helpers built in"
+        )
+    if config_line is None:
+        return DirtyTracking(
+            "device", None, True,
+            f"kernel {kernel}: no /boot/config-{kernel}, so whether device DMA logging works is "
+            "unknown; QEMU's default (device dirty tracking) is used",
+        )  # fmt: skip
+    if config_line.split("=", 1)[-1] in ("y", "m"):
+        return DirtyTracking("device", True, True, f"kernel {kernel}: {config_line}")
+    can_turn_off = _DIRTY_OPTION in caps.vfio_properties and caps.vfio_migration_prop is not None
+    why = (
+        f"kernel {kernel} is built without CONFIG_IOMMUFD_DRIVER, so device DMA-logging reports "
+        "fail (EOPNOTSUPP)"
+    )
+    if can_turn_off:
+        return DirtyTracking(
+            "off", False, True,
+            f"{why}: QEMU {caps.version_text} runs the device with "
+            f"{caps.vfio_migration_prop}=on,{_DIRTY_OPTION}=off (all pages the device can reach "
+            "count as dirty at the switchover)",
+        )  # fmt: skip
+    return DirtyTracking(
+        "device", False, False,
+        f"{why}, and QEMU {caps.version_text}'s vfio-pci has no {_DIRTY_OPTION} property to "
+        "migrate without it; use a kernel with CONFIG_IOMMUFD_DRIVER=y or QEMU >= 8.1",
+    )  # fmt: skip
+
+
+def probe_dirty_tracking(remote: Remote, caps: QemuCaps) -> DirtyTracking:
+    """:func:`dirty_tracking` from the host's ``uname -r`` and ``/boot/config-*`` (one round trip)."""
+    script = (
+        'k=$(uname -r); echo "kernel $k"; c="/boot/config-$k"; '
+        'if [ -r "$c" ]; then echo "config $(grep -m1 "^CONFIG_IOMMUFD_DRIVER=" "$c")"; fi; true'
+    )
+    out = remote.check_shell(script, timeout=30).stdout.splitlines()
+    kernel = next((ln.split(" ", 1)[1] for ln in out if ln.startswith("kernel ")), "")
+    config = next((ln.partition(" ")[2].strip() for ln in out if ln.startswith("config")), None)
+    return dirty_tracking(kernel, config, caps)
 
 
 @dataclass(frozen=True)
@@ -23,6 +111,7 @@ class HostFacts:
     accel: Accel
     accel_reason: str
     qemu_caps: QemuCaps
+    dirty_tracking: DirtyTracking | None = None
 
 
 def probe_accel(remote: Remote) -> tuple[Accel, str]:
@@ -114,4 +203,5 @@ def probe_host(remote: Remote) -> HostFacts:
     kernel = remote.check(["uname", "-r"], timeout=10).stdout.strip()
     caps = probe_qemu_caps(remote)
     accel, why = probe_accel(remote)
-    return HostFacts(remote.host.name, kernel, caps.version_text, accel, why, caps)
+    tracking = probe_dirty_tracking(remote, caps)
+    return HostFacts(remote.host.name, kernel, caps.version_text, accel, why, caps, tracking)

@@ -2,8 +2,10 @@
 
 Checks, each recorded with what it saw: both hosts reachable; the vendor's host checks pass on both;
 the vGPU type exists with a free instance on both; QEMU versions and vendor-driver versions equal on
-both sides (unless the test declares itself cross-version); QEMU can migrate the VFIO device (not
-for the simulated vGPU). ``blocked-reasons`` is checked once the source runs, by the Migrator.
+both sides (unless the test declares itself cross-version); QEMU can migrate the VFIO device, and
+how it will track the pages the device dirties (``VFIO dirty tracking``: mode ``device`` or
+``off``, and why; see :func:`mdevtest.host.dirty_tracking`); the last two not for the simulated
+vGPU. ``blocked-reasons`` is checked once the source runs, by the Migrator.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ def preflight_pair(testbed: Testbed, pair: HostPair, *, cross_version: bool = Fa
                 f"QEMU {caps.version_text}: "
                 + (f"{caps.vfio_migration_prop} (protocol v{caps.vfio_migration_protocol})" if can
                    else "vfio-pci has no migration property")))  # fmt: skip
+            tracking = testbed.facts(host).dirty_tracking
+            if tracking is not None:
+                checks.append(PreflightCheck(host, "VFIO dirty tracking", tracking.usable,
+                    f"mode {tracking.mode}: {tracking.detail}"))  # fmt: skip
     if len(drivers) == 2 and not cross_version:
         same = len(set(drivers.values())) == 1
         checks.append(PreflightCheck(pair.source, "same vendor driver", same,

@@ -9,6 +9,7 @@
 ``device-memory``         a pattern in the display's video memory (device state)
 ``dma-integrity``         disk blocks DMA'd into guest RAM during the migration (DMA-dirtied pages)
 ``device-state``          PCI config space, display mode, interrupts still arriving
+(vendor checks)           the profile's own, e.g. ``mtty-device-state`` (:mod:`mdevtest.checks.mtty`)
 ``host-logs``             both hosts' dmesg since before the test, and the QEMU logs
 ``guest-logs``            the guest's console: kernel oopses, workload errors
 ========================  ===========================================================================
@@ -34,7 +35,7 @@ from mdevtest.guest.control import guest_command
 from mdevtest.qemu.machine import RemoteMachine
 from mdevtest.remote import Remote
 from mdevtest.report.attach import attach_png
-from mdevtest.vendors import COMMON_TROUBLE
+from mdevtest.vendors import COMMON_TROUBLE, VendorProfile
 from mdevtest.workloads.synthetic import (
     GuestReply,
     compare_states,
@@ -43,6 +44,13 @@ from mdevtest.workloads.synthetic import (
     parse_state,
     verify_frame,
 )
+
+
+def synthetic_workload(console: str) -> bool:
+    """Whether the guest runs the synthetic workload (its READY line names a display, ``fb=``;
+    other workloads, e.g. the nested lab's mtty one, print READY lines of their own)."""
+    ready = find_ready(console)
+    return ready is not None and "fb" in ready.fields
 
 
 class DowntimeCheck(Check):
@@ -215,7 +223,7 @@ class _GuestProbe(Check):
         return reply
 
     def before(self, ctx: CheckContext) -> None:
-        if find_ready(ctx.source.serial_log()) is None:
+        if not synthetic_workload(ctx.source.serial_log()):
             raise Skip("no synthetic workload in this guest")
         self._reply(ctx.source).require_ok()
 
@@ -268,7 +276,7 @@ class DeviceStateCheck(Check):
     )
 
     def before(self, ctx: CheckContext) -> None:
-        if find_ready(ctx.source.serial_log()) is None:
+        if not synthetic_workload(ctx.source.serial_log()):
             raise Skip("no synthetic workload in this guest")
         ctx.scratch["device-state:before"] = parse_state(guest_command(ctx.source, "STATE"))
 
@@ -347,8 +355,9 @@ def _common_trouble(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if any(p.search(line) for p in COMMON_TROUBLE)]
 
 
-def standard_checks() -> list[Check]:
-    """Every check, in the order they run after a migration."""
+def standard_checks(profile: VendorProfile | None = None) -> list[Check]:
+    """Every check, in the order they run after a migration; with ``profile``, the vendor's own
+    checks too (e.g. mtty's device state) before the log scans."""
     return [
         DowntimeCheck(),
         SerialHeartbeatCheck(),
@@ -357,6 +366,7 @@ def standard_checks() -> list[Check]:
         DeviceMemoryCheck(),
         DmaIntegrityCheck(),
         DeviceStateCheck(),
+        *(profile.vendor_checks() if profile is not None else ()),
         HostLogsCheck(),
         GuestLogsCheck(),
     ]

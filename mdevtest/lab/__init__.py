@@ -5,6 +5,7 @@ inventory's ``local_lab.flavor`` names; both have the same ``up``/``down``/``sta
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from mdevtest.errors import LabError
@@ -29,7 +30,10 @@ class LabStatusView(Protocol):
 
 class Lab(Protocol):
     """An embedded lab: ``up`` is idempotent and returns whether it started the lab (so the
-    caller owns it); ``down`` removes everything the lab made and is idempotent."""
+    caller owns it); ``down`` removes everything the lab made (``state_dir`` included) and is
+    idempotent."""
+
+    state_dir: Path
 
     def up(self, progress: Progress = ..., *, build_image: bool = True) -> bool: ...
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from mdevtest.errors import LabError
 from mdevtest.inventory import Inventory
+from mdevtest.lab import Lab
 from mdevtest.lab.packages import ensure_packages
 
 Progress = Callable[[str], None]
@@ -534,7 +535,7 @@ def _port_open(address: str, port: int, timeout: float) -> bool:
         return False
 
 
-def started_by(lab: LocalLab) -> str | None:
+def started_by(lab: Lab) -> str | None:
     """The run id recorded by the test run that brought the lab up (None: brought up by hand)."""
     try:
         return (lab.state_dir / "started-by-run").read_text().strip() or None
@@ -542,5 +543,5 @@ def started_by(lab: LocalLab) -> str | None:
         return None
 
 
-def record_started_by(lab: LocalLab, run_id: str) -> None:
+def record_started_by(lab: Lab, run_id: str) -> None:
     (lab.state_dir / "started-by-run").write_text(run_id + "\n")

@@ -8,7 +8,8 @@ One module per vendor (``gvt``, ``nvidia``, ``mtty``, ``simulated``), found by n
   :class:`TypeInfo`);
 * how QEMU gets the device (:meth:`VendorProfile.qemu_device_args`, chosen from :class:`QemuCaps`);
 * how the guest's display is captured (``capture_method``), which verification checks apply
-  (``applicable_checks``) and which host log lines mean trouble (``trouble_patterns``).
+  (``applicable_checks``), which checks only it has (:meth:`VendorProfile.vendor_checks`) and
+  which host log lines mean trouble (``trouble_patterns``).
 
 :class:`QemuCaps` is what a host's QEMU supports, parsed from the real outputs of ``query-version``,
 ``-device vfio-pci,help`` and ``query-qmp-schema`` (probe, don't assume: labs mix versions).
@@ -23,11 +24,14 @@ import shlex
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from mdevtest.errors import MdevError, MdevtestError
 from mdevtest.localexec import Executor
 from mdevtest.mdev import MdevType
+
+if TYPE_CHECKING:
+    from mdevtest.checks.base import Check
 
 __all__ = [
     "ALL_CHECKS",
@@ -376,6 +380,10 @@ class VendorProfile(ABC):
             if any(p.search(line) for p in self.trouble_patterns):
                 seen.setdefault(line.strip(), None)
         return list(seen)
+
+    def vendor_checks(self) -> list[Check]:
+        """Checks only this vendor has, run with the standard set (default: none)."""
+        return []
 
     def applies(self, check: str) -> bool:
         if check not in ALL_CHECKS:

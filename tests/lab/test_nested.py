@@ -1,0 +1,188 @@
+"""The nested lab end to end: two host VMs with a real mtty mdev, real VFIO migrations (``nested``).
+
+The module brings the nested lab up (``inventory/nested-mtty.yaml``; the images come from the
+cache or are built, cold about 2-3 min) and takes it down at the end if it brought it up. Then:
+
+- one round trip A->B->A through the unchanged ping-pong suite, in a pytest of its own, with
+  every check (the mtty device state among them): both migrations complete, move VFIO device
+  state (``vfio_transferred_bytes`` > 0) and record the dirty-tracking mode;
+- the negative case on the real driver: the destination has an ``mtty-1`` (one port) where the
+  source has an ``mtty-2``; the destination rejects the device state, the migration fails, and
+  the guest keeps running on the source with its serial ports still looping bytes;
+- pre-merge (``-k premerge`` selects or deselects it; about 8 min): the harmless driver patch
+  (``tests/data/mtty-version.patch``) passes against a baseline run of the image's own module,
+  and the broken one (``tests/data/mtty-drop-scratch.patch``) is rejected with a device-state
+  failure naming the scratch register.
+
+Under TCG inside TCG a guest boots in about 1-5 min, so these tests take several minutes each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mdevtest.checks.mtty import compare_reports
+from mdevtest.errors import MigrationFailed
+from mdevtest.inventory import Inventory, load_inventory
+from mdevtest.lab.nested import NestedLab
+from mdevtest.lab.nested_image import build_nested_images
+from mdevtest.lab.premerge import premerge
+from mdevtest.migration import MigrationPolicy, Migrator
+from mdevtest.testbed import Testbed
+from mdevtest.workloads.mtty import last_reports, parse_reports
+from mdevtest.workloads.synthetic import parse_heartbeats
+
+pytestmark = pytest.mark.nested
+
+REPO = Path(__file__).resolve().parents[2]
+INVENTORY = REPO / "inventory" / "nested-mtty.yaml"
+DATA = REPO / "tests" / "data"
+SUITE_TIMEOUT_S = 2400
+
+
+@pytest.fixture(scope="module")
+def nested() -> Iterator[Inventory]:
+    """The nested lab, up (brought up here, and then taken down here, if it was not)."""
+    if os.geteuid() != 0:
+        pytest.skip("the nested lab needs root")
+    inventory = load_inventory(INVENTORY)
+    lab = NestedLab(inventory)
+    started = lab.up(lambda m: print(f"[nested] {m}", flush=True))
+    try:
+        yield inventory
+    finally:
+        if started:
+            lab.down()
+
+
+def test_lab_is_up_with_a_real_mdev_parent(nested: Inventory) -> None:
+    status = NestedLab(nested).status()
+    assert status.up, status.render()
+    with Testbed(nested) as testbed:
+        for host in nested.hosts:
+            types = {t.type_id: t for p in testbed.mdevs(host.name).parents() for t in p.types}
+            assert {"mtty-1", "mtty-2"} <= types.keys(), f"{host.name}: {sorted(types)}"
+            assert types["mtty-2"].available_instances > 0
+            tracking = testbed.facts(host.name).dirty_tracking
+            assert tracking is not None
+            # Debian's 6.12 has no CONFIG_IOMMUFD_DRIVER: device DMA logging cannot report.
+            assert (tracking.mode, tracking.usable) == ("off", True), tracking.detail
+
+
+def test_round_trip_through_the_suite(nested: Inventory, tmp_path: Path) -> None:
+    """A->B->A with the unchanged ping-pong suite: real device state moves, both ways."""
+    argv = [
+        sys.executable, "-m", "pytest", "suites/test_ping_pong.py", "-p", "no:cacheprovider",
+        "--inventory", str(INVENTORY), "--mdevtest-pairs", "host-a->host-b",
+        "--mdevtest-round-trips", "1", "--mdevtest-report-dir", str(tmp_path), "-q",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    migrations = json.loads((tmp_path / "summary.json").read_text())["migrations"]
+    assert [m["pair"] for m in migrations] == ["host-a->host-b", "host-b->host-a"]
+    for m in migrations:
+        assert m["status"] == "completed"
+        assert m["vfio_transferred_bytes"] > 0, m
+        assert m["dirty_tracking_mode"] == "off"
+        assert m["vgpu"]["simulated"] is False
+        assert m["vgpu"]["type"] == "mtty-2"
+        checks = m["checks"]
+        assert checks["mtty-device-state"]["status"] == "passed", checks["mtty-device-state"]
+        assert checks["heartbeat"]["status"] == "passed"
+        assert checks["graphics"]["status"] == "skipped"
+    # the device state continued across both legs: the counters only grew
+    legs = [m["checks"]["mtty-device-state"]["values"]["ttyS4"] for m in migrations]
+    assert legs[1]["before"]["rx"] >= legs[0]["after"][-1]["rx"] > legs[0]["before"]["rx"]
+
+
+def test_port_count_mismatch_is_refused(nested: Inventory) -> None:
+    """mtty-2 on the source, mtty-1 on the destination: the state is refused, the guest stays."""
+    pair = nested.pairs[0]
+    assert pair.vgpu is not None
+    assert pair.vgpu.type == "mtty-2"
+    wrong = pair.model_copy(update={"vgpu": pair.vgpu.model_copy(update={"type": "mtty-1"})})
+    with Testbed(nested) as testbed:
+        testbed.reap()
+        source = testbed.start_source(pair)
+        destination = None
+        try:
+            deadline = time.monotonic() + 120
+            while len(last_reports(source.serial_log())) < 2:  # both ports reported once
+                assert time.monotonic() < deadline, source.serial_log()[-2000:]
+                time.sleep(1)
+            destination = testbed.start_destination(wrong, source)
+            before_log = source.serial_log()
+            migrator = Migrator(
+                source, destination, uri=testbed.migration_uri(pair), policy=MigrationPolicy(600)
+            )
+            with pytest.raises(MigrationFailed) as failed:
+                migrator.run()
+            result = migrator.result
+            assert result.status == "failed"
+            assert source.status() == "running"
+            # mtty refuses the header (nr_ports 2 != 1) with EFAULT: QEMU names the VFIO section
+            qemu_log = destination.log_tail(40)
+            assert re.search(r"error while loading state section id \d+\(\S+/vfio\)", qemu_log), qemu_log
+            # the guest goes on on the source: heartbeats and both ports still looping bytes
+            beats = len(parse_heartbeats(before_log))
+            deadline = time.monotonic() + 180
+            while True:
+                log = source.serial_log()
+                after = {
+                    port: [r for r in parse_reports(log) if r.port == port and r.n > old.n]
+                    for port, old in last_reports(before_log).items()
+                }
+                if all(len(r) >= 2 for r in after.values()):
+                    break
+                assert time.monotonic() < deadline, log[-2000:]
+                time.sleep(1)
+            assert len(parse_heartbeats(log)) > beats
+            for port, old in last_reports(before_log).items():
+                lines = [ln for ln in log.splitlines() if f"port={port} " in ln]
+                assert compare_reports(old, after[port]) == [], "\n".join(lines[-12:])
+            print(f"refused as expected: {failed.value}")
+        finally:
+            if destination is not None:
+                testbed.release(destination)
+            testbed.release(source)
+
+
+def test_premerge_passes_the_harmless_patch_and_catches_the_broken_one(
+    nested: Inventory, tmp_path: Path
+) -> None:
+    pairs = ["--mdevtest-pairs", "host-a->host-b"]
+    harmless = premerge(
+        INVENTORY, patch=DATA / "mtty-version.patch", report_dir=tmp_path / "version",
+        pytest_args=pairs,
+    )  # fmt: skip
+    assert harmless.passed, harmless.render()
+    assert harmless.module.version == "0.1-mdevtest1"
+    assert {d.srcversion for d in harmless.deployed} == {harmless.module.srcversion}
+    assert harmless.baseline_run is not None
+    assert harmless.baseline_run.returncode == 0
+    broken = premerge(
+        INVENTORY, patch=DATA / "mtty-drop-scratch.patch", baseline=harmless.baseline,
+        report_dir=tmp_path / "scratch", pytest_args=pairs,
+    )  # fmt: skip
+    assert not broken.passed
+    assert broken.patched_run is not None
+    (failure,) = broken.patched_run.failures()
+    assert "mtty-device-state" in failure, failure
+    assert "SCR 0x00 after the migration" in failure, failure
+    # the lab is left with the image's own module
+    own = build_nested_images().host.mtty.srcversion
+    with Testbed(nested) as testbed:
+        for host in nested.hosts:
+            loaded = testbed.remote(host.name).check(["cat", "/sys/module/mtty/srcversion"])
+            assert loaded.stdout.strip() == own
