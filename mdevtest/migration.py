@@ -48,6 +48,10 @@ METHODS: dict[str, str] = {
     "null when no migratable VFIO device took part",
     "passes": "QEMU query-migrate 'ram.dirty-sync-count' (RAM dirty bitmap syncs)",
     "wall_time_ms": "controller monotonic clock from `migrate` sent to the final state seen",
+    "dirty_tracking_mode": "how QEMU tracked the pages the VFIO device dirtied: 'device' (its DMA "
+    "log, QEMU's default) or 'off' (x-device-dirty-page-tracking=off: all pages the device can "
+    "reach count as dirty at the switchover), chosen by preflight from the source host's kernel "
+    "(CONFIG_IOMMUFD_DRIVER) and QEMU; null without a real VFIO device",
 }
 
 
@@ -254,7 +258,11 @@ class Migrator:
             resets = [
                 {"capability": c, "state": False} for c in RESETTABLE_CAPABILITIES if c in known - wanted
             ]
-            machine.qmp.execute("migrate-set-capabilities", {"capabilities": resets + caps})
+            # "off" for a capability this QEMU does not have is what it does anyway: not sent
+            # (QEMU would refuse the unknown name). One it lacks but should turn on is sent,
+            # and QEMU's refusal names it.
+            sent = [c for c in caps if c["state"] or c["capability"] in known]
+            machine.qmp.execute("migrate-set-capabilities", {"capabilities": resets + sent})
         defaults = self.source.initial_migration_parameters()
         params: dict[str, Any] = {k: v for k, v in defaults.items() if k in POLICY_PARAMETERS}
         params.update(self.policy.parameters)

@@ -74,6 +74,7 @@ class Testbed:
         self._lock = threading.Lock()
         self._serial = 0
         self.vgpus: dict[str, VgpuAllocation] = {}  # machine tag -> its mdev
+        self._qemu_args: dict[str, tuple[str, ...]] = {}  # machine tag -> a test's own QEMU args
         self._controller_addr: dict[str, str] = {}
         self._machines: list[RemoteMachine] = []
 
@@ -197,15 +198,25 @@ class Testbed:
     # -- machines --------------------------------------------------------------------------------
 
     def machine_spec(
-        self, host: str, *, name: str, vgpu: VgpuAllocation | None = None, extra_append: str = ""
+        self,
+        host: str,
+        *,
+        name: str,
+        vgpu: VgpuAllocation | None = None,
+        extra_append: str = "",
+        qemu_args: tuple[str, ...] = (),
     ) -> MachineSpec:
+        """The guest's machine on ``host``: the vGPU's device options, then ``qemu_args`` (a test's
+        own, e.g. a device under test; the destination gets the source's)."""
         guest = self.inventory.guest
         kernel, initrd = self.image_on(host)
         append = " ".join(x for x in (self.image().append, guest.extra_append, extra_append) if x)
         extra: tuple[str, ...] = ()
         if vgpu is not None:
             profile = get_profile(vgpu.vendor)
-            extra = tuple(profile.qemu_device_args(vgpu.sysfs_path, self.facts(host).qemu_caps))
+            facts = self.facts(host)
+            tracking = facts.dirty_tracking.vfio_options if facts.dirty_tracking else ()
+            extra = tuple(profile.qemu_device_args(vgpu.sysfs_path, facts.qemu_caps, extra=tracking))
         return MachineSpec(
             name=name,
             memory_mib=guest.memory_mib,
@@ -214,7 +225,7 @@ class Testbed:
             initrd=initrd,
             append=append,
             accel=self.facts(host).accel,
-            extra_args=extra,
+            extra_args=extra + qemu_args,
             pattern_disk=self.pattern_disk_on(host),
         )
 
@@ -274,6 +285,7 @@ class Testbed:
         its mdev behind as well); the first failure is raised at the end.
         """
         vgpu = self.vgpus.pop(machine.tag, None)
+        self._qemu_args.pop(machine.tag, None)
         with contextlib.ExitStack() as steps:  # run last-registered first: stop, files, mdev
             if machine in self._machines:
                 steps.callback(self._machines.remove, machine)
@@ -292,10 +304,17 @@ class Testbed:
             self._serial += 1
             return f"{role}{self._serial}"
 
-    def start_source(self, pair: HostPair, *, extra_append: str = "") -> RemoteMachine:
-        """Start the guest on the pair's source and wait until its workload reports READY."""
+    def start_source(
+        self, pair: HostPair, *, extra_append: str = "", qemu_args: tuple[str, ...] = ()
+    ) -> RemoteMachine:
+        """Start the guest on the pair's source and wait until its workload reports READY.
+
+        ``qemu_args`` are added to the command line here and on every destination it migrates to.
+        """
         vgpu = self.allocate_vgpu(pair, pair.source)
-        machine = self._machine(pair.source, vgpu, name=self.next_name("vm"), extra_append=extra_append)
+        machine = self._machine(
+            pair.source, vgpu, name=self.next_name("vm"), extra_append=extra_append, qemu_args=qemu_args
+        )
         try:
             machine.start()
             wait_ready(machine, timeout=self.inventory.guest.boot_timeout_s)
@@ -312,10 +331,13 @@ class Testbed:
         name: str,
         incoming: bool = False,
         extra_append: str = "",
+        qemu_args: tuple[str, ...] = (),
     ) -> RemoteMachine:
         """A machine object owning ``vgpu`` (released with it); the mdev goes if this fails."""
         try:
-            spec = self.machine_spec(host, name=name, vgpu=vgpu, extra_append=extra_append)
+            spec = self.machine_spec(
+                host, name=name, vgpu=vgpu, extra_append=extra_append, qemu_args=qemu_args
+            )
             if incoming:
                 spec = spec.as_destination()
             machine = RemoteMachine(self.remote(host), spec, run_id=self.run_id)
@@ -325,6 +347,7 @@ class Testbed:
             raise
         if vgpu is not None:
             self.vgpus[machine.tag] = vgpu
+        self._qemu_args[machine.tag] = qemu_args
         self._machines.append(machine)
         return machine
 
@@ -341,7 +364,13 @@ class Testbed:
         vgpu = self.allocate_vgpu(
             pair, pair.destination, uuid=src_vgpu.instance.uuid if src_vgpu else None
         )
-        machine = self._machine(pair.destination, vgpu, name=self.next_name("in"), incoming=True)
+        machine = self._machine(
+            pair.destination,
+            vgpu,
+            name=self.next_name("in"),
+            incoming=True,
+            qemu_args=self._qemu_args.get(source.tag, ()),
+        )
         # The same kernel command line as the source (the guest's workload options live there).
         machine.spec = replace(machine.spec, append=source.spec.append)
         try:

@@ -24,6 +24,7 @@ from mdevtest.plugin.hooks import CALL_REPORT, state_of
 if TYPE_CHECKING:
     from mdevtest.checks.base import Check, CheckContext, CheckResult
     from mdevtest.guest import Guest
+    from mdevtest.host import HostFacts
     from mdevtest.inventory import HostPair, Limits
     from mdevtest.migration import MigrationPolicy, MigrationResult, TimelinePoint
     from mdevtest.plugin.lease import LeaseManager
@@ -34,8 +35,10 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
-    """The lab of the inventory, connected; the local lab is brought up on demand."""
-    from mdevtest.lab.local import LocalLab, record_started_by
+    """The lab of the inventory, connected; an embedded lab (netns or nested) is brought up on
+    demand."""
+    from mdevtest.lab import make_lab
+    from mdevtest.lab.local import record_started_by
     from mdevtest.testbed import Testbed
 
     state = state_of(request.config)
@@ -56,11 +59,11 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
 
     with contextlib.ExitStack() as stack:
         if inventory.local_lab is not None:
-            local = LocalLab(inventory)
             try:
+                local = make_lab(inventory)
                 started = local.up(progress)
             except MdevtestError as exc:
-                pytest.fail(f"local lab: {exc}", pytrace=False)
+                pytest.fail(f"{inventory.local_lab.flavor} lab: {exc}", pytrace=False)
             if started:
                 record_started_by(local, state.run_id)  # under xdist the controller takes it down
                 if not state.keep_lab and state.is_controller:
@@ -146,10 +149,13 @@ def preflight(
 
 
 @pytest.fixture
-def guest(lab: Testbed, pair: HostPair, preflight: PreflightReport) -> Iterator[Guest]:
+def guest(
+    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair, preflight: PreflightReport
+) -> Iterator[Guest]:
     """The guest, booted on the pair's source (after preflight) and running its workload.
 
     Its UDP heartbeat goes to an observer on the controller (the guest-observed downtime).
+    ``@pytest.mark.qemu_args(...)`` adds QEMU arguments (on the source and every destination).
     """
     from mdevtest.checks.observer import HeartbeatObserver
     from mdevtest.guest import Guest
@@ -161,7 +167,12 @@ def guest(lab: Testbed, pair: HostPair, preflight: PreflightReport) -> Iterator[
         with allure.step(f"boot guest on {pair.source}"):
             try:
                 address = lab.controller_address(pair.source)
-                machine = lab.start_source(pair, extra_append=f"mdt.udp={address}:{observer.port}")
+                qemu_mark = request.node.get_closest_marker("qemu_args")
+                machine = lab.start_source(
+                    pair,
+                    extra_append=f"mdt.udp={address}:{observer.port}",
+                    qemu_args=tuple(qemu_mark.args) if qemu_mark else (),
+                )
             except MdevtestError as exc:
                 pytest.fail(f"boot on {pair.source}: {exc}", pytrace=False)
         guest = Guest(machine, observer)
@@ -302,7 +313,7 @@ def migrate(
         source = guest.machine
         profile = get_profile(route.vgpu.vendor) if route.vgpu else None
         ctx = CheckContext(lab, route, guest, source, migration_limits, migration_policy, profile)
-        chosen = standard_checks() if checks is None else checks
+        chosen = standard_checks(profile) if checks is None else checks
         started = time.monotonic()
         with allure.step("snapshot before migration"):
             early = run_before(chosen, ctx)
@@ -417,8 +428,19 @@ def _summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dic
         },
         "guest_image": lab.image().description,
         "vgpu": _vgpu_entry(route, vgpus),
+        "dirty_tracking_mode": _dirty_tracking_mode(route, src_facts),
         "checks": outcome.checks,
     }
+
+
+def _dirty_tracking_mode(pair: HostPair, facts: HostFacts) -> str | None:
+    """How QEMU tracked the VFIO device's dirty pages (``device`` or ``off``; see
+    :class:`~mdevtest.host.DirtyTracking`); None without a real VFIO device."""
+    from mdevtest.vendors import get_profile
+
+    if pair.vgpu is None or get_profile(pair.vgpu.vendor).simulated:
+        return None
+    return facts.dirty_tracking.mode if facts.dirty_tracking is not None else None
 
 
 def _vgpu_entry(pair: HostPair, vgpus: dict[str, VgpuAllocation | None]) -> dict[str, Any] | None:

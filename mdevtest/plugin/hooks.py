@@ -184,6 +184,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.clean_alluredir = state.is_controller
     config.addinivalue_line("markers", "lab: needs the embedded local lab (root, namespaces)")
     config.addinivalue_line(
+        "markers", "nested: needs the nested lab (root; host VMs with a real mtty mdev; slow)"
+    )
+    config.addinivalue_line(
         "markers", "cross_version: the pair may run different QEMU / vendor-driver versions"
     )
     for line in MARKERS:
@@ -222,6 +225,7 @@ MARKERS = (
     "vendor(*names): run only on pairs whose vGPU vendor is one of these",
     "workload(name): the workload the test runs in the guest",
     "destructive: injects faults; on the local lab, elsewhere only with --mdevtest-allow-destructive",
+    "qemu_args(*args): extra QEMU arguments for the guest (source and every destination)",
 )
 
 
@@ -337,11 +341,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 def _take_down_lab_workers_started(state: SessionState) -> None:
     """Under xdist the workers bring the local lab up; the controller takes it down at the end."""
-    from mdevtest.lab.local import LocalLab, started_by
+    from mdevtest.lab import make_lab
+    from mdevtest.lab.local import started_by
 
     inventory = state.inventory
     if inventory is None or inventory.local_lab is None or state.keep_lab:
         return
-    lab = LocalLab(inventory)
+    lab = make_lab(inventory)
     if started_by(lab) == state.run_id:
         lab.down()
