@@ -14,6 +14,13 @@
    QEMU's ``error-desc``;
 6. on ``completed``: wait for the destination to reach ``running``.
 
+A source whose QMP stops answering for ``policy.stall_s`` mid-migration has its main loop blocked
+writing to a dead migration socket (seen with the link cut during the switchover: QEMU holds its
+main lock while it sends the device state, so neither ``query-migrate`` nor ``migrate_cancel`` is
+answered until TCP gives up, minutes later). The Migrator then sends ``yank`` (migration instance)
+out of band, which the monitor thread answers at once: the socket is shut down, the migration
+fails, the source resumes, and :class:`MigrationTimedOut` says so.
+
 The :class:`MigrationResult` is immutable and says, for every figure, how it was measured.
 """
 
@@ -90,6 +97,9 @@ class MigrationPolicy:
     capabilities: tuple[tuple[str, bool], ...] = ()
     parameters: tuple[tuple[str, Any], ...] = ()
     poll_interval_s: float = 0.05
+    #: No QMP answer from the source for this long mid-migration: the migration is stuck (see the
+    #: module doc) and is yanked. Longer than any healthy switchover's pause of the main loop.
+    stall_s: float = 30.0
 
     @classmethod
     def from_options(cls, *, timeout_s: float = 120.0, **options: Any) -> MigrationPolicy:
@@ -144,6 +154,7 @@ class MigrationPolicy:
     def describe(self) -> dict[str, Any]:
         return {
             "timeout_s": self.timeout_s,
+            "stall_s": self.stall_s,
             "downtime_limit_ms": self.downtime_limit_ms,
             "max_bandwidth_bytes": self.max_bandwidth_bytes,
             "capabilities": dict(self.capabilities),
@@ -236,6 +247,7 @@ class Migrator:
         self.uri = uri
         self.policy = policy or MigrationPolicy()
         self._state = "new"
+        self._yanked: str | None = None  # why the migration was yanked (stuck source), if it was
         self._result: MigrationResult | None = None
 
     @property
@@ -307,7 +319,7 @@ class Migrator:
         info: dict[str, Any] = {}
         cancel_sent = False
         while True:
-            info = src.qmp.execute("query-migrate")
+            info = self._query_migrate()
             point = TimelinePoint.from_query((time.monotonic() - started) * 1000, info)
             timeline.append(point)
             status = str(info.get("status", "none"))
@@ -326,6 +338,12 @@ class Migrator:
             info = self._settled(info)
         self._result = self._make_result(info, timeline, wall_ms, src.qmp.events[first_event:])
         self._state = status
+        if status == "failed" and self._yanked is not None:
+            runs = self._require_source_running()
+            raise MigrationTimedOut(
+                f"{src.label} -> {dst.label}: stuck: {self._yanked}; the migration was yanked out "
+                f"of band and failed ({info.get('error-desc', 'no error-desc')}); source {runs}"
+            )
         if status == "failed":
             self._require_source_running()
             raise MigrationFailed(
@@ -357,11 +375,37 @@ class Migrator:
             )
         return info
 
+    def _query_migrate(self) -> dict[str, Any]:
+        """``query-migrate`` on the source; unanswered for ``stall_s``: yank, then ask again."""
+        try:
+            return dict(self.source.qmp.execute("query-migrate", timeout=self.policy.stall_s))
+        except QmpError as exc:
+            if "no reply within" not in str(exc):
+                raise
+            self._yank(f"QMP did not answer query-migrate for {self.policy.stall_s:g} s")
+            return dict(self.source.qmp.execute("query-migrate", timeout=self.policy.stall_s))
+
+    def _yank(self, why: str) -> None:
+        """Shut the migration's connection down out of band (answered while the main loop is stuck)."""
+        try:
+            self.source.qmp.execute("yank", {"instances": [{"type": "migration"}]}, oob=True, timeout=10)
+        except QmpError as exc:
+            raise MigrationError(
+                f"{self.source.label}: {why}, and the out-of-band yank failed too: {exc}; the source "
+                "QEMU is left as it is for the diagnosis"
+            ) from exc
+        self._yanked = why
+
     def _cancel(self, info: dict[str, Any]) -> None:
         src = self.source
-        src.qmp.execute("migrate_cancel")
+        try:
+            src.qmp.execute("migrate_cancel", timeout=self.policy.stall_s)
+        except QmpError as exc:
+            if "no reply within" not in str(exc):
+                raise
+            self._yank(f"QMP did not answer migrate_cancel for {self.policy.stall_s:g} s")
         deadline = time.monotonic() + 30
-        while str(src.qmp.execute("query-migrate").get("status")) not in FINAL_STATES:
+        while str(self._query_migrate().get("status")) not in FINAL_STATES:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.1)

@@ -95,14 +95,21 @@ class QmpSession:
         arguments: Mapping[str, Any] | None = None,
         *,
         timeout: float | None = None,
+        oob: bool = False,
     ) -> Any:
-        """Execute a QMP command; return its ``return`` value. Errors raise :class:`QmpError`."""
+        """Execute a QMP command; return its ``return`` value. Errors raise :class:`QmpError`.
+
+        ``oob``: as ``exec-oob``, answered by QEMU's monitor thread even while its main loop is
+        blocked (only commands QEMU allows out of band, e.g. ``yank``).
+        """
         if self._closed:
             raise QmpError(self.name, command, "session is closed")
         args = dict(arguments) if arguments else None
         what = command if not args else f"{command} {args}"
         return self._call(
-            self._client.execute(command, args), self.timeout if timeout is None else timeout, what
+            self._client.execute(command, args, oob=oob),
+            self.timeout if timeout is None else timeout,
+            what,
         )
 
     # -- events ----------------------------------------------------------------------------------

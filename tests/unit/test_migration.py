@@ -8,7 +8,13 @@ from typing import Any, cast
 
 import pytest
 
-from mdevtest.errors import MigrationBlocked, MigrationFailed, MigrationTimedOut, StateError
+from mdevtest.errors import (
+    MigrationBlocked,
+    MigrationFailed,
+    MigrationTimedOut,
+    QmpError,
+    StateError,
+)
 from mdevtest.migration import MigrationPolicy, Migrator
 from mdevtest.qemu.machine import RemoteMachine
 from mdevtest.qemu.qmp import QmpEvent
@@ -117,3 +123,45 @@ def test_result_before_run_is_a_state_error() -> None:
     src, dst = _pair([])
     with pytest.raises(StateError, match="no result yet"):
         _ = _migrator(src, dst).result
+
+
+def test_off_for_a_capability_qemu_lacks_is_not_sent_but_on_is() -> None:
+    """switchover-ack off on QEMU 7.2 (no such capability) is what QEMU does anyway: not sent."""
+    src, dst = _pair([{"status": "none"}, {"status": "completed", "total-time": 5, "downtime": 1}])
+    off = MigrationPolicy.from_options(switchover_ack=False, multifd=True)
+    Migrator(cast(RemoteMachine, src), cast(RemoteMachine, dst), uri="tcp:x:1", policy=off).run()
+    sent = next(a for c, a in src.qmp.sent if c == "migrate-set-capabilities")
+    names = {c["capability"]: c["state"] for c in sent["capabilities"]}
+    assert "switchover-ack" not in names
+    assert names["multifd"] is True
+    on = MigrationPolicy.from_options(switchover_ack=True)
+    src, dst = _pair([{"status": "none"}, {"status": "completed", "total-time": 5, "downtime": 1}])
+    Migrator(cast(RemoteMachine, src), cast(RemoteMachine, dst), uri="tcp:x:1", policy=on).run()
+    sent = next(a for c, a in src.qmp.sent if c == "migrate-set-capabilities")
+    assert {"capability": "switchover-ack", "state": True} in sent["capabilities"]
+
+
+@dataclass
+class StuckQmp(FakeQmp):
+    """A source whose main loop is blocked: query-migrate times out until yank (OOB) is sent."""
+
+    yanked: bool = False
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, **kw: Any) -> Any:
+        if command == "yank":
+            assert kw.get("oob") is True, "yank must go out of band: the main loop is blocked"
+            self.yanked = True
+        if command == "query-migrate" and self.last.get("status") == "active" and not self.yanked:
+            self.sent.append((command, arguments))
+            raise QmpError("src", "query-migrate", "no reply within 30 s")
+        return super().execute(command, arguments, **kw)
+
+
+def test_a_stuck_source_is_yanked_out_of_band_and_resumes() -> None:
+    script = [{"status": "none"}, {"status": "active"}, {"status": "failed", "error-desc": "yank"}]
+    src, dst = FakeMachine("src", StuckQmp(iter(script))), FakeMachine("dst", FakeQmp())
+    with pytest.raises(MigrationTimedOut, match="yanked out of band") as stuck:
+        _migrator(src, dst).run()
+    assert "QMP did not answer query-migrate" in str(stuck.value)
+    assert "source is running again" in str(stuck.value)
+    assert ("yank", {"instances": [{"type": "migration"}]}) in src.qmp.sent
