@@ -32,9 +32,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mdevtest.credentials import mask
+
 
 class MdevtestError(Exception):
-    """Root of every error mdevtest raises on purpose."""
+    """Root of every error mdevtest raises on purpose. Its text never shows a registered secret
+    or a private key (:func:`mdevtest.credentials.mask`)."""
+
+    def __str__(self) -> str:
+        return mask(super().__str__())
 
 
 class InventoryError(MdevtestError):

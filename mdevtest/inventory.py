@@ -43,6 +43,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from mdevtest.credentials import register as register_secret
+from mdevtest.credentials import resolve as resolve_secret
 from mdevtest.errors import InventoryError
 
 __all__ = [
@@ -141,6 +143,36 @@ class _Model(BaseModel):
 # The model
 
 
+def _reject_inline_secret(value: object) -> object:
+    if isinstance(value, (str, bytes, int)):
+        register_secret(str(value))  # the error message must not repeat it
+        raise ValueError(
+            "secrets are given by reference, never inline: {env: VARIABLE} or {file: /path} "
+            "(the value itself stays out of the inventory, logs and reports)"
+        )
+    return value
+
+
+class SecretRef(_Model):
+    """Where a secret is: an environment variable of the controller, or a file on it."""
+
+    env: NonEmptyStr | None = None
+    file: ControllerPath | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env and file")
+        return self
+
+    def resolve(self) -> str:
+        """The secret's value (registered so every log, error and report masks it)."""
+        return resolve_secret(env=self.env, file=self.file)
+
+
+Secret = Annotated[SecretRef, BeforeValidator(_reject_inline_secret)]
+
+
 class SshConfig(_Model):
     """How the controller reaches a host over SSH.
 
@@ -151,6 +183,8 @@ class SshConfig(_Model):
     user: NonEmptyStr = "root"
     port: Port = 22
     key_file: ControllerPath
+    key_passphrase: Secret | None = None
+    """The key file's passphrase, by reference: ``{env: NAME}`` or ``{file: PATH}``."""
     known_hosts: ControllerPath | None = None
     accept_unknown_host_keys: bool = False
     connect_timeout_s: Seconds = 10.0

@@ -35,6 +35,7 @@ from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut as InvokeTimedOut
 from invoke.exceptions import UnexpectedExit
 
+from mdevtest.credentials import SecretUnavailable
 from mdevtest.errors import CommandFailed, CommandTimedOut, ConnectFailed, RemoteError
 from mdevtest.inventory import Host
 
@@ -74,6 +75,14 @@ class Remote:
     def _new_connection(self) -> Connection:
         ssh = self.host.ssh
         config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+        secret: dict[str, str] = {}
+        if ssh.key_passphrase is not None:
+            try:
+                secret["passphrase"] = ssh.key_passphrase.resolve()
+            except SecretUnavailable as exc:
+                raise ConnectFailed(
+                    self.name, f"the passphrase of {ssh.key_file} (ssh.key_passphrase): {exc}"
+                ) from None
         conn = Connection(
             host=self.host.address,
             user=ssh.user,
@@ -86,6 +95,7 @@ class Remote:
                 "allow_agent": False,
                 "banner_timeout": ssh.connect_timeout_s,
                 "auth_timeout": ssh.connect_timeout_s,
+                **secret,
             },
         )
         client = conn.client

@@ -1,4 +1,7 @@
-"""Allure attachments for migrations and guests (no-ops when Allure is not recording)."""
+"""Allure attachments for migrations and guests (no-ops when Allure is not recording).
+
+Text and JSON go through :func:`mdevtest.credentials.mask`: no secret or private key in a report.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,20 @@ from typing import Any
 
 import allure
 
+from mdevtest.credentials import mask, mask_data
 from mdevtest.migration import MigrationResult
 
 
 def attach_json(name: str, data: Any) -> None:
     allure.attach(
-        json.dumps(data, indent=2, sort_keys=True, default=str),
+        json.dumps(mask_data(data), indent=2, sort_keys=True, default=str),
         name=name,
         attachment_type=allure.attachment_type.JSON,
     )
 
 
 def attach_text(name: str, text: str) -> None:
-    allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
+    allure.attach(mask(text), name=name, attachment_type=allure.attachment_type.TEXT)
 
 
 def attach_png(name: str, data: bytes) -> None:

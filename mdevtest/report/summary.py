@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mdevtest.credentials import mask_data
 from mdevtest.migration import METHODS, MigrationResult
 
 FRAGMENTS = "summary.d"
@@ -54,7 +55,7 @@ class SummaryWriter:
     def add(self, entry: dict[str, Any]) -> None:
         self.fragment.parent.mkdir(parents=True, exist_ok=True)
         with self.fragment.open("a") as fh:
-            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.write(json.dumps(mask_data(entry), sort_keys=True) + "\n")
 
     def merge(self, *, meta: dict[str, Any] | None = None) -> Path | None:
         """Merge every fragment into ``summary.json`` (atomically). None when nothing migrated."""
@@ -71,6 +72,6 @@ class SummaryWriter:
         }
         path = self.report_dir / SUMMARY
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(mask_data(doc), indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
         return path
