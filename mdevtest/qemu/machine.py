@@ -96,16 +96,24 @@ class RemoteMachine:
         )
         return res.rc == 0
 
-    def connect_qmp(self, *, timeout: float = 30.0) -> QmpSession:
-        self._bridge = self.remote.open_unix_socket(self.paths.qmp, timeout=timeout)
-        try:
-            self._qmp = QmpSession(self.label, self._bridge.sock, timeout=timeout)
-        except QmpError as exc:
-            why = self._bridge.stderr()
-            self._bridge.close()
-            self._bridge = None
-            raise MachineError(f"{self.label}: cannot talk QMP: {exc} {why}".strip()) from exc
-        return self._qmp
+    def connect_qmp(self, *, timeout: float = 30.0, attempts: int = 3) -> QmpSession:
+        """Open QMP through a socket bridge. A session that fails to establish (seen once on a
+        just-booted nested host: a first message that was not QEMU's greeting) is retried on a
+        new bridge, ``attempts`` times in all."""
+        for attempt in range(1, attempts + 1):
+            self._bridge = self.remote.open_unix_socket(self.paths.qmp, timeout=timeout)
+            try:
+                self._qmp = QmpSession(self.label, self._bridge.sock, timeout=timeout)
+            except QmpError as exc:
+                why = self._bridge.stderr()
+                self._bridge.close()
+                self._bridge = None
+                if attempt == attempts or "no reply within" in str(exc):
+                    raise MachineError(f"{self.label}: cannot talk QMP: {exc} {why}".strip()) from exc
+                time.sleep(0.5 * attempt)
+                continue
+            return self._qmp
+        raise AssertionError("unreachable")
 
     @property
     def qmp(self) -> QmpSession:
