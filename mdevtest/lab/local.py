@@ -255,6 +255,8 @@ class LocalLab:
             was_up = self.status().up
             if was_up:
                 progress("local lab is already up")
+                for undone in self.clear_faults():
+                    progress(f"undid a fault a killed run left: {undone}")
             else:
                 progress("bringing the local lab up")
                 self._check_address_conflicts()
@@ -272,6 +274,26 @@ class LocalLab:
 
             build_guest_image(DEFAULT_CACHE_DIR, progress=progress)
         return not was_up
+
+    def clear_faults(self) -> list[str]:
+        """Undo what fault injection (:mod:`mdevtest.lab.faults`) may have left when its run was
+        killed before its own cleanup: migration links down, tc qdiscs on them. Returns what it
+        undid."""
+        undone: list[str] = []
+        for h in self.hosts:
+            dev = h.mig_link
+            shown = sh(["ip", "-o", "link", "show", "dev", dev], check=False)
+            if not shown:
+                continue
+            flags = shown.partition("<")[2].partition(">")[0].split(",")
+            if "UP" not in flags:
+                sh(["ip", "link", "set", dev, "up"], check=False)
+                undone.append(f"{h.name}: migration link {dev} set up")
+            qdisc = sh(["tc", "qdisc", "show", "dev", dev, "root"], check=False)
+            if any(kind in qdisc for kind in ("tbf", "netem")):
+                sh(["tc", "qdisc", "del", "dev", dev, "root"], check=False)
+                undone.append(f"{h.name}: {qdisc.split()[1]} qdisc removed from {dev}")
+        return undone
 
     def _check_address_conflicts(self) -> None:
         """Refuse to shadow a network the machine already uses (its uplink, say)."""

@@ -51,3 +51,19 @@ def test_up_twice_status_down_up_again(lab: Testbed) -> None:
     # Leave the lab as the session found it, for the tests after this one.
     assert local.up() is True
     assert lab.remote("host-a").check(["true"]).rc == 0  # new host keys, reconnected
+
+
+def test_up_undoes_faults_a_killed_run_left(lab: Testbed) -> None:
+    """A fault run killed by SIGTERM never ran its cleanup: the next `lab up` undoes it."""
+    from mdevtest.lab import faults
+
+    local = LocalLab(lab.inventory)
+    host_a, host_b = (h.name for h in local.hosts[:2])
+    faults.set_link(local, host_a, False)
+    throttle = faults.throttled(local, host_b)
+    throttle.__enter__()  # entered, never exited: as if the run had been killed
+    undone: list[str] = []
+    local.up(undone.append, build_image=False)
+    assert f"undid a fault a killed run left: {host_a}: migration link " in "\n".join(undone)
+    assert any(f"{host_b}: tbf qdisc removed" in line for line in undone), undone
+    assert local.clear_faults() == []  # nothing left to undo
