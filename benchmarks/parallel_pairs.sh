@@ -2,6 +2,7 @@
 # Wall time of the same suite with -n 1 and -n 2 over two host pairs (inventory/local-lab-2pairs.yaml),
 # and ping-pong migrations per minute on one pair. Root; nothing else may use the lab meanwhile.
 # Usage: benchmarks/parallel_pairs.sh [round-trips]    (prints one JSON document)
+# KEEP_REPORTS=1 keeps the runs' report dirs (e.g. for benchmarks/downtime_stats.py).
 set -eu
 cd "$(dirname "$0")/.."
 trips=${1:-5}
@@ -29,4 +30,8 @@ print(json.dumps({
     "ping_pong_migrations_per_minute_incl_boot_and_checks": round(m / pp * 60, 1),
 }, indent=2))
 PY
-rm -rf "$out"
+if [ -n "${KEEP_REPORTS:-}" ]; then
+  echo "reports kept in $out (ping-pong summary: $out/pp/summary.json)" >&2
+else
+  rm -rf "$out"
+fi

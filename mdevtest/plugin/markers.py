@@ -100,6 +100,14 @@ def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
                 _skip(item, f"workload {name} is not in the guest image (lab-synthetic)")
         if item.get_closest_marker("destructive") is not None and not (local or state.allow_destructive):
             _skip(item, DESTRUCTIVE_SKIP)
+        qemu_mark = item.get_closest_marker("qemu_args")
+        if qemu_mark is not None and (
+            qemu_mark.kwargs or not qemu_mark.args or not all(isinstance(a, str) for a in qemu_mark.args)
+        ):
+            problems.append(
+                f"{item.nodeid}: qemu_args takes QEMU arguments as strings, e.g. "
+                f"qemu_args('-device', 'nvme,serial=x'); got {qemu_mark.args} {qemu_mark.kwargs or ''}"
+            )
         pairs_mark = item.get_closest_marker("pairs")
         if pairs_mark is not None and not all(isinstance(a, (int, str)) for a in pairs_mark.args):
             problems.append(f"{item.nodeid}: pairs takes pair ids or one count, got {pairs_mark.args}")

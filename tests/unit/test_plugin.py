@@ -90,6 +90,15 @@ def test_bad_policy_marker_is_a_usage_error_naming_what_is_allowed(pytester: pyt
     assert "downtime_limit_ms" in err
 
 
+def test_qemu_args_marker_takes_strings_only(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        "import pytest\n@pytest.mark.qemu_args('-device', 3)\ndef test_migrate(pair):\n    pass\n"
+    )
+    result = pytester.runpytest("--inventory", str(LOCAL_LAB))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "qemu_args takes QEMU arguments as strings" in result.stderr.str()
+
+
 def test_unknown_vendor_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
     pytester.makepyfile('import pytest\n@pytest.mark.vendor("amd")\ndef test_migrate(pair):\n    pass\n')
     result = pytester.runpytest("--inventory", str(LOCAL_LAB))

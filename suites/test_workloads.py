@@ -1,0 +1,65 @@
+"""Migration under load: each workload runs in the guest across the migration, sampled every second.
+
+One test per workload and pair (``test_migrate_under_load[host-a->host-b-glmark2]``). A workload
+the guest image does not have is skipped with the reason (on the local lab only ``synthetic``
+runs); one that is present is started, sampled through the migration, stopped and parsed. The
+report gets its results, the samples and the throughput dip at the switchover (STOP..RESUME).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import allure
+import pytest
+
+from mdevtest.guest import Guest
+from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.report.attach import attach_json
+from mdevtest.workloads.guestexec import ConsoleGuestExec
+from mdevtest.workloads.registry import get_workload, known_workloads
+from mdevtest.workloads.sampling import Sampler, dip, switchover_window
+
+WORKLOADS = [
+    pytest.param(name, marks=pytest.mark.workload(name), id=name) for name in sorted(known_workloads())
+]
+
+
+def _console(guest: Guest) -> Callable[[], str]:
+    """The guest's console across its machines, in order (it continues on each destination)."""
+
+    def read() -> str:
+        return "".join(m.serial_log() for m in guest.history)
+
+    return read
+
+
+@allure.feature("workloads")
+@pytest.mark.parametrize("workload_name", WORKLOADS)
+def test_migrate_under_load(
+    workload_name: str, guest: Guest, migrate: Callable[..., MigrationOutcome]
+) -> None:
+    workload = get_workload(workload_name)
+    # The lab's guest has only its console; a real lab's images reach their tools via qemu-ga.
+    executor = ConsoleGuestExec(_console(guest), name=guest.label)
+    why = workload.present(executor)
+    if why is not None:
+        pytest.skip(f"{workload_name}: {why}")
+    run = workload.start(executor)
+    try:
+        with Sampler(workload, run, interval_s=1.0) as sampler:
+            outcome = migrate(guest)
+    finally:
+        workload.stop(run)
+    assert outcome.result is not None
+    # the source's events of the migration (its QEMU is stopped by now) and the destination's
+    window = switchover_window(outcome.result.events, outcome.destination.qmp.events)
+    result = workload.result(run)
+    samples = sampler.samples
+    figures = {"result": result.figures(), "samples": len(samples)}
+    if window is not None:
+        figures["dip"] = dip(samples, *window).figures()
+    attach_json(f"workload {workload_name}", figures)
+    assert outcome.result.completed, f"migration status {outcome.result.status}"
+    assert [s for s in samples if s.value is not None], f"{workload_name}: no progress sampled"
+    outcome.raise_for_checks()
