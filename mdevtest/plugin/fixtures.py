@@ -377,13 +377,15 @@ def migrate(
 
     report = request.node.stash.get(CALL_REPORT, None)
     verdict = report.outcome if report is not None else "error"
+    workload_mark = request.node.get_closest_marker("workload")
+    workload = str(workload_mark.args[0]) if workload_mark else _image_workload(lab)
     entries = []
     for outcome in outcomes:
         with contextlib.suppress(MdevtestError):
             attach_text(f"console {outcome.destination.label}", outcome.destination.serial_log())
             attach_text(f"qemu log {outcome.destination.label}", outcome.destination.log_tail(200))
         if outcome.result is not None:
-            entries.append(_summary_extra(lab, outcome, verdict))
+            entries.append({**_summary_extra(lab, outcome, verdict), "workload": workload})
     for outcome in outcomes:
         lab.release(outcome.destination)
     if state.report_dir is not None:
@@ -404,6 +406,11 @@ def _discard_destination(lab: Testbed, outcome: MigrationOutcome) -> None:
         attach_text(f"qemu log {dst.label} (discarded)", dst.log_tail(200))
     dst.shutdown()
     lab.release_vgpu_of(dst)
+
+
+def _image_workload(lab: Testbed) -> str | None:
+    """The workload the guest image runs by itself (the labs' images), for the summary."""
+    return {"lab-synthetic": "synthetic", "lab-mtty": "mtty"}.get(lab.inventory.guest.image.kind)
 
 
 def _summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dict[str, Any]:

@@ -329,14 +329,29 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     entries = json.loads(path.read_text()).get("migrations", [])
     tr = terminalreporter
     tr.section("mdevtest migrations")
-    tr.write_line(f"{'test':60} {'status':10} {'total ms':>9} {'downtime ms':>11} {'verdict':>8}")
+    tr.write_line(
+        f"{'pair':16} {'workload':10} {'test':40} {'status':10} {'total ms':>9} "
+        f"{'downtime ms':>11} {'verdict':>8}"
+    )
     for e in entries:
-        test = str(e.get("test_id", "")).split("::")[-1][:60]
+        test = _short_test_name(str(e.get("test_id", "")), str(e.get("pair") or ""))[:40]
         tr.write_line(
-            f"{test:60} {e.get('status')!s:10} {e.get('total_time_ms')!s:>9} "
+            f"{e.get('pair') or '-'!s:16} {e.get('workload') or '-'!s:10} {test:40} "
+            f"{e.get('status')!s:10} {e.get('total_time_ms')!s:>9} "
             f"{e.get('downtime_ms')!s:>11} {e.get('verdict')!s:>8}"
         )
     tr.write_line(f"summary: {path}")
+
+
+def _short_test_name(test_id: str, pair: str) -> str:
+    """``suites/x.py::test_y[host-a->host-b-multifd-2]`` -> ``test_y[multifd-2]`` (the pair has
+    its own column)."""
+    name = test_id.rsplit("::", maxsplit=1)[-1]
+    base, _, params = name.partition("[")
+    params = params.rstrip("]")
+    if pair and params.startswith(pair):
+        params = params[len(pair) :].lstrip("-")
+    return f"{base}[{params}]" if params else base
 
 
 def _take_down_lab_workers_started(state: SessionState) -> None:

@@ -139,3 +139,15 @@ def test_tests_are_grouped_by_host_set_for_xdist(pytester: pytest.Pytester) -> N
             "GROUP test_migrate[[]host-b->host-a[]] host-a+host-b",
         ]
     )
+
+
+def test_the_migration_table_names_the_test_without_repeating_the_pair() -> None:
+    from mdevtest.plugin.hooks import _short_test_name
+
+    pair = "host-a->host-b"
+    assert _short_test_name("suites/p.py::test_policy[host-a->host-b-multifd-2]", pair) == (
+        "test_policy[multifd-2]"
+    )
+    assert _short_test_name("suites/b.py::test_live_migration[host-a->host-b]", pair) == (
+        "test_live_migration"
+    )
