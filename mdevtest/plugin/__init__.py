@@ -24,6 +24,7 @@ from mdevtest.plugin.hooks import (
     pytest_sessionfinish,
     pytest_sessionstart,
     pytest_terminal_summary,
+    pytest_xdist_make_scheduler,
 )
 
 __all__ = [
@@ -44,4 +45,5 @@ __all__ = [
     "pytest_sessionfinish",
     "pytest_sessionstart",
     "pytest_terminal_summary",
+    "pytest_xdist_make_scheduler",
 ]

@@ -229,8 +229,13 @@ MARKERS = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Validate our markers (a bad one is a usage error) and skip what a pair cannot run."""
+    """Validate our markers (a bad one is a usage error) and skip what a pair cannot run.
+
+    First among the plugins: the ``xdist_group`` markers added here must exist before
+    pytest-xdist's worker turns them into ``--dist loadgroup`` groups (it registers later, so
+    its hook would otherwise run first and see none)."""
     from mdevtest.plugin.markers import apply_markers
 
     problems = apply_markers(state_of(config), items)
@@ -341,6 +346,18 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             f"{e.get('downtime_ms')!s:>11} {e.get('verdict')!s:>8}"
         )
     tr.write_line(f"summary: {path}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadgroup``: one worker per host set (:mod:`mdevtest.plugin.scheduling`)."""
+    state = state_of(config)
+    if config.getvalue("dist") != "loadgroup" or state.inventory is None:
+        return None
+    from mdevtest.plugin.scheduling import HostSetScheduling
+
+    pairs = [(p.id, p.source, p.destination) for p in state.inventory.pairs]
+    return HostSetScheduling(config, log, pairs)
 
 
 def _short_test_name(test_id: str, pair: str) -> str:

@@ -111,7 +111,7 @@ def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
         pairs_mark = item.get_closest_marker("pairs")
         if pairs_mark is not None and not all(isinstance(a, (int, str)) for a in pairs_mark.args):
             problems.append(f"{item.nodeid}: pairs takes pair ids or one count, got {pairs_mark.args}")
-        if pair is not None:  # one worker per host set with --dist loadgroup
+        if pair is not None:  # the host set as an xdist group (HostSetScheduling does the grouping)
             item.add_marker(
                 pytest.mark.xdist_group(name="+".join(sorted({pair.source, pair.destination})))
             )

@@ -26,15 +26,11 @@ def test_fault_suite_passes_and_writes_the_reliability_table(
         "-p",
         "no:cacheprovider",
         "-v",
-        # The controller-interruption case has not passed on a clean lab yet (its first run
-        # counted another lab's QEMUs); it runs with the suite by hand until it has.
-        "-k",
-        "not controller_interrupted",
         timeout=2400,
     )
-    result.assert_outcomes(passed=7, skipped=1)  # the switchover link cut: a known gap
+    result.assert_outcomes(passed=10)
     rows = json.loads((reports / "reliability.json").read_text())
-    assert len(rows) == 7
+    assert len(rows) == 10
     assert all(r["leaks"].startswith("none") for r in rows)
     assert {r["class"] for r in rows} >= {"infrastructure", "product"}
     # Keep the latest table beside the reports of this run's tests (docs/reliability.md quotes it).

@@ -66,3 +66,65 @@ def _walk_attachments(node: object) -> list[dict[str, str]]:
         for value in node:
             found += _walk_attachments(value)
     return found
+
+
+def test_policies_and_negative_suites_pass_on_one_pair(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    """Every policy migrates (switchover-ack on skips on QEMU < 8.0, naming it); each refusal is
+    clean."""
+    reports = tmp_path / "reports"
+    result = pytester.runpytest_subprocess(
+        str(REPO / "suites" / "test_policies.py"),
+        str(REPO / "suites" / "test_negative.py"),
+        "--rootdir", str(REPO),
+        "--inventory", str(REPO / "inventory" / "local-lab.yaml"),
+        "--mdevtest-pairs", "host-a->host-b",
+        "--mdevtest-report-dir", str(reports),
+        "-p", "no:cacheprovider",
+        "-v", "-rs",
+        timeout=1800,
+    )  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*test_migration_under_policy?host-a->host-b-multifd-2? PASSED*",
+            "*test_mismatched_vgpu_types_are_refused?host-a->host-b? PASSED*",
+            "*test_no_free_instance_on_the_destination_is_refused?host-a->host-b? PASSED*",
+            "*test_blocked_migration_is_refused?host-a->host-b? PASSED*",
+        ]
+    )
+    outcomes = result.parseoutcomes()
+    if outcomes.get("skipped"):  # only switchover-ack on, and only on a QEMU without it
+        result.stdout.fnmatch_lines(["*has no migration capability switchover-ack*"])
+        assert outcomes == {"passed": 8, "skipped": 1}, outcomes
+    else:
+        assert outcomes == {"passed": 9}, outcomes
+    # the summary has one completed migration per policy that ran; the refusals moved nothing
+    migrations = json.loads((reports / "summary.json").read_text())["migrations"]
+    ran = {m["test_id"].split("[", 1)[1] for m in migrations if "under_policy" in m["test_id"]}
+    assert len(ran) == 6 - outcomes.get("skipped", 0), ran
+    assert all(m["status"] == "completed" for m in migrations if "under_policy" in m["test_id"])
+
+
+def test_workloads_suite_runs_what_the_image_has_and_skips_the_rest(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    result = pytester.runpytest_subprocess(
+        str(REPO / "suites" / "test_workloads.py"),
+        "--rootdir", str(REPO),
+        "--inventory", str(REPO / "inventory" / "local-lab.yaml"),
+        "--mdevtest-pairs", "host-a->host-b",
+        "--mdevtest-report-dir", str(tmp_path / "reports"),
+        "-p", "no:cacheprovider",
+        "-v", "-rs",
+        timeout=900,
+    )  # fmt: skip
+    result.stdout.fnmatch_lines(
+        [
+            "*test_migrate_under_load?host-a->host-b-synthetic? PASSED*",
+            "*SKIPPED*workload glmark2 is not in the guest image (lab-synthetic)*",
+        ]
+    )
+    from mdevtest.workloads.registry import known_workloads
+
+    result.assert_outcomes(passed=1, skipped=len(known_workloads()) - 1)

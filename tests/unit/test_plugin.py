@@ -151,3 +151,32 @@ def test_the_migration_table_names_the_test_without_repeating_the_pair() -> None
     assert _short_test_name("suites/b.py::test_live_migration[host-a->host-b]", pair) == (
         "test_live_migration"
     )
+
+
+def test_xdist_scope_is_the_host_set_of_the_pair_in_the_test_id() -> None:
+    from mdevtest.plugin.scheduling import host_scope
+
+    pairs = [("host-a->host-b", "host-a", "host-b"), ("host-b->host-a", "host-b", "host-a"),
+             ("host-a->host-b2", "host-a", "host-b2")]  # fmt: skip
+    assert host_scope("s.py::t[host-a->host-b]", pairs) == "host-a+host-b"
+    assert host_scope("s.py::t[host-b->host-a-multifd-2]", pairs) == "host-a+host-b"
+    assert host_scope("s.py::t[host-a->host-b2-x]", pairs) == "host-a+host-b2"  # longest id wins
+    assert host_scope("s.py::t[other]", pairs) is None
+    assert host_scope("s.py::t", pairs) is None
+
+
+def test_loadgroup_runs_a_host_sets_tests_on_one_worker(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_p(pair):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "--inventory", str(REPO / "inventory" / "local-lab-2pairs.yaml"),
+        "-n", "2", "--dist", "loadgroup", "-v", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    result.stdout.fnmatch_lines(["*scheduling tests via HostSetScheduling*"])
+    workers: dict[str, set[str]] = {}
+    for line in result.stdout.lines:
+        if "PASSED" in line and "[gw" in line:
+            gw = line.split("]", 1)[0].lstrip("[")
+            pair = line.rsplit("[", 1)[1].rstrip("] ")
+            workers.setdefault("+".join(sorted(pair.split("->"))), set()).add(gw)
+    assert set(workers) == {"host-a+host-b", "host-c+host-d"}
+    assert all(len(w) == 1 for w in workers.values()), workers
