@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MASK", "SecretUnavailable", "mask", "mask_data", "register", "resolve"]
+__all__ = ["MASK", "SecretUnavailable", "forget", "mask", "mask_data", "register", "resolve"]
 
 MASK = "********"
 #: Shorter values are not masked (they would blank out ordinary words); a secret that short
@@ -38,6 +38,12 @@ def register(value: str) -> None:
     if len(value) >= MIN_MASKED:
         with _lock:
             _values.add(value)
+
+
+def forget(value: str) -> None:
+    """Stop masking ``value`` (tests that register throw-away values clean up with it)."""
+    with _lock:
+        _values.discard(value)
 
 
 def resolve(*, env: str | None = None, file: Path | None = None) -> str:
