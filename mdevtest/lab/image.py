@@ -21,8 +21,6 @@ What it guarantees:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import gzip
 import hashlib
 import json
@@ -35,13 +33,14 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from mdevtest.errors import LabError
+from mdevtest.filelock import locked
 
 #: Where the lab keeps downloaded packages and built images.
 DEFAULT_CACHE_DIR = Path("/var/cache/mdevtest")
@@ -445,23 +444,10 @@ class _Builder:
     ) -> str:
         return self._run_bytes(step, cmd, cwd=cwd, hint=hint, check=check).decode(errors="replace")
 
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> AbstractContextManager[None]:
         path = self.cache / "images" / ".lock"
-        with path.open("a") as fh:
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    self._remaining(f"waiting for another build to release {path}")
-                    time.sleep(0.5)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        waiting = f"waiting for another build to release {path}"
+        return locked(path, poll_s=0.5, while_waiting=lambda _s: self._remaining(waiting))
 
 
 def _remove_leftovers(images: Path) -> None:

@@ -24,7 +24,6 @@ after a crash of the run that made them; both hold a lock so two runs cannot rac
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import os
 import shutil
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdevtest.errors import LabError
+from mdevtest.filelock import give_up_after, locked
 from mdevtest.inventory import Inventory
 from mdevtest.lab import Lab
 from mdevtest.lab.packages import ensure_packages
@@ -202,25 +202,14 @@ class LocalLab:
 
     # -- lock ------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, timeout: float = 600.0) -> Iterator[None]:
-        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-        with LOCK_PATH.open("a") as fh:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LabError(
-                            f"another mdevtest holds {LOCK_PATH} for more than {timeout:g} s"
-                        ) from None
-                    time.sleep(0.2)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self, timeout: float = 600.0) -> contextlib.AbstractContextManager[None]:
+        return locked(
+            LOCK_PATH,
+            while_waiting=give_up_after(
+                timeout,
+                lambda: LabError(f"another mdevtest holds {LOCK_PATH} for more than {timeout:g} s"),
+            ),
+        )
 
     # -- status ----------------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ vfio, vfio_iommu_type1, mdev and mtty are loaded and the mtty parent offers mtty
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mdevtest.errors import LabError, MdevtestError
+from mdevtest.filelock import give_up_after, locked
 from mdevtest.inventory import Host, Inventory
 from mdevtest.lab import Progress
 from mdevtest.lab.local import _cmdline, _pid_if_ours, _terminate, sh
@@ -257,25 +257,14 @@ class NestedLab:
 
     # -- lock ------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self, timeout: float = 900.0) -> Iterator[None]:
-        LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
-        with LOCK_PATH.open("a") as fh:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LabError(
-                            f"another mdevtest holds {LOCK_PATH} for more than {timeout:g} s"
-                        ) from None
-                    time.sleep(0.2)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self, timeout: float = 900.0) -> contextlib.AbstractContextManager[None]:
+        return locked(
+            LOCK_PATH,
+            while_waiting=give_up_after(
+                timeout,
+                lambda: LabError(f"another mdevtest holds {LOCK_PATH} for more than {timeout:g} s"),
+            ),
+        )
 
     # -- status ----------------------------------------------------------------------------------
 

@@ -41,8 +41,6 @@ kernel headers and the compiler that :func:`build_mtty_module` needs.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import gzip
 import hashlib
 import io
@@ -63,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdevtest.errors import LabError
+from mdevtest.filelock import locked
 from mdevtest.lab.image import GuestImage, _check_busybox, _CpioWriter, _modinfo
 from mdevtest.lab.packages import ensure_packages
 
@@ -685,23 +684,15 @@ class _NestedBuilder:
         if installed:
             self.progress(f"installed on the controller: {' '.join(installed)}")
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
         path = self.cache / ".lock"
-        with path.open("a") as fh:
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    self.runner.remaining(f"waiting for another build to release {path}")
-                    time.sleep(0.5)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return locked(
+            path,
+            poll_s=0.5,
+            while_waiting=lambda _s: self.runner.remaining(
+                f"waiting for another build to release {path}"
+            ),
+        )
 
     def _remove_leftovers(self) -> None:
         """Remove what interrupted builds left (only called holding the lock)."""

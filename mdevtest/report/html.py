@@ -15,18 +15,18 @@ runs with a timeout in its own process group, killed whole when the timeout pass
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mdevtest.errors import MdevtestError
+from mdevtest.filelock import give_up_after, locked
 from mdevtest.report.allure_meta import CATEGORIES_FILE, copy_history, write_categories
 
 #: What ``npm install`` is asked for: the newest Allure 2 generator.
@@ -252,26 +252,19 @@ def _statistic(out: Path) -> dict[str, int]:
         return {}
 
 
-@contextlib.contextmanager
-def _locked(path: Path, timeout_s: float) -> Iterator[None]:
+def _locked(path: Path, timeout_s: float) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock across processes (two CI jobs installing at once)."""
-    with path.open("a") as fh:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ReportError(
-                        f"{path} stayed locked for {timeout_s:g} s: another mdevtest report is "
-                        "installing the generator; try again when it is done"
-                    ) from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return locked(
+        path,
+        poll_s=0.5,
+        while_waiting=give_up_after(
+            timeout_s,
+            lambda: ReportError(
+                f"{path} stayed locked for {timeout_s:g} s: another mdevtest report is "
+                "installing the generator; try again when it is done"
+            ),
+        ),
+    )
 
 
 def _run(
