@@ -11,6 +11,7 @@ CLI, the pytest plugin) can tell "the lab or the input is wrong" from "mdevtest 
      |    +-- CommandFailed        a command exited non-zero (host, command, rc, stderr tail)
      |    +-- CommandTimedOut      a command did not finish within its timeout
      +-- QmpError                  a QMP command failed or timed out (command, arguments, reply)
+     |    +-- QmpTimedOut          no reply within the call's timeout (QEMU busy or stuck)
      +-- MachineError              a remote QEMU could not be started or stopped
      +-- MdevError                 mdev lifecycle (host, parent, type, value)
      +-- PreflightFailed           a host pair is not fit for the test (every reason listed)
@@ -107,6 +108,10 @@ class QmpError(MdevtestError):
         self.machine = machine
         self.command = command
         super().__init__(f"{machine}: QMP {command}: {message}")
+
+
+class QmpTimedOut(QmpError):
+    """No reply within the call's timeout: QEMU is busy or stuck (its main loop blocked)."""
 
 
 class MachineError(MdevtestError):

@@ -15,7 +15,7 @@ import time
 from types import TracebackType
 from typing import Any
 
-from mdevtest.errors import MachineError, MdevtestError, QmpError
+from mdevtest.errors import MachineError, MdevtestError, QmpError, QmpTimedOut
 from mdevtest.inventory import Host
 from mdevtest.qemu.cmdline import MachinePaths, MachineSpec, build_argv
 from mdevtest.qemu.qmp import QmpSession
@@ -108,7 +108,7 @@ class RemoteMachine:
                 why = self._bridge.stderr()
                 self._bridge.close()
                 self._bridge = None
-                if attempt == attempts or "no reply within" in str(exc):
+                if attempt == attempts or isinstance(exc, QmpTimedOut):
                     raise MachineError(f"{self.label}: cannot talk QMP: {exc} {why}".strip()) from exc
                 time.sleep(0.5 * attempt)
                 continue

@@ -21,7 +21,7 @@ from typing import Any
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
-from mdevtest.errors import QmpError
+from mdevtest.errors import QmpError, QmpTimedOut
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class QmpSession:
             return future.result(timeout)
         except FutureTimeout as exc:
             future.cancel()
-            raise QmpError(self.name, what, f"no reply within {timeout:g} s") from exc
+            raise QmpTimedOut(self.name, what, f"no reply within {timeout:g} s") from exc
         except ExecuteError as exc:
             raise QmpError(self.name, what, f"{exc.error_class}: {exc.error.error.desc}") from exc
         except (QMPError, OSError, EOFError) as exc:

@@ -12,7 +12,7 @@ from mdevtest.errors import (
     MigrationBlocked,
     MigrationFailed,
     MigrationTimedOut,
-    QmpError,
+    QmpTimedOut,
     StateError,
 )
 from mdevtest.migration import MigrationPolicy, Migrator
@@ -153,7 +153,7 @@ class StuckQmp(FakeQmp):
             self.yanked = True
         if command == "query-migrate" and self.last.get("status") == "active" and not self.yanked:
             self.sent.append((command, arguments))
-            raise QmpError("src", "query-migrate", "no reply within 30 s")
+            raise QmpTimedOut("src", "query-migrate", "no reply within 30 s")
         return super().execute(command, arguments, **kw)
 
 
