@@ -91,8 +91,9 @@ def dirty_tracking(kernel: str, config_line: str | None, caps: QemuCaps) -> Dirt
     )  # fmt: skip
 
 
-def probe_dirty_tracking(remote: Remote, caps: QemuCaps) -> DirtyTracking:
-    """:func:`dirty_tracking` from the host's ``uname -r`` and ``/boot/config-*`` (one round trip)."""
+def probe_kernel(remote: Remote) -> tuple[str, str | None]:
+    """The host's ``uname -r`` and the ``CONFIG_IOMMUFD_DRIVER`` line of its ``/boot/config-*``
+    ("" when the file has none, None without a config file), in one round trip."""
     script = (
         'k=$(uname -r); echo "kernel $k"; c="/boot/config-$k"; '
         'if [ -r "$c" ]; then echo "config $(grep -m1 "^CONFIG_IOMMUFD_DRIVER=" "$c")"; fi; true'
@@ -100,7 +101,7 @@ def probe_dirty_tracking(remote: Remote, caps: QemuCaps) -> DirtyTracking:
     out = remote.check_shell(script, timeout=30).stdout.splitlines()
     kernel = next((ln.split(" ", 1)[1] for ln in out if ln.startswith("kernel ")), "")
     config = next((ln.partition(" ")[2].strip() for ln in out if ln.startswith("config")), None)
-    return dirty_tracking(kernel, config, caps)
+    return kernel, config
 
 
 @dataclass(frozen=True)
@@ -200,8 +201,8 @@ true
 
 def probe_host(remote: Remote) -> HostFacts:
     """Kernel, QEMU capabilities and accelerator of one host (a few SSH round trips)."""
-    kernel = remote.check(["uname", "-r"], timeout=10).stdout.strip()
+    kernel, iommufd_config = probe_kernel(remote)
     caps = probe_qemu_caps(remote)
     accel, why = probe_accel(remote)
-    tracking = probe_dirty_tracking(remote, caps)
+    tracking = dirty_tracking(kernel, iommufd_config, caps)
     return HostFacts(remote.host.name, kernel, caps.version_text, accel, why, caps, tracking)
