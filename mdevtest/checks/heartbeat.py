@@ -87,9 +87,9 @@ def check_heartbeat_continuity(
     if report.beats_after_switchover < min_after:
         problems.append(
             f"only {report.beats_after_switchover} heartbeat(s) after the switchover "
-            f"(last on source: {report.last_source_seq}); the guest is not running on the "
+            f"(last on source: {report.last_source_seq}); the guest is stopped or stalled on the "
             f"destination (expected >= {min_after})"
         )
     if problems:
-        raise CheckFailed("heartbeat: " + "; ".join(problems))
+        raise CheckFailed("heartbeat: " + "; ".join(problems), report.to_json())
     return report

@@ -93,6 +93,19 @@ class SuiteRun:
             lines.append(f"{e.get('test_id')} [{e.get('pair')}]: {what}")
         return lines
 
+    def known_issues(self) -> list[str]:
+        """One line per migration reported as an expected failure: its known issue."""
+        try:
+            entries = json.loads(self.summary.read_text()).get("migrations", [])
+        except (OSError, ValueError):
+            return []
+        return [
+            f"{e.get('test_id')} [{e.get('pair')}]: known issue {issue.get('id')} "
+            f"({issue.get('evidence')})"
+            for e in entries
+            if isinstance(issue := e.get("known_issue"), dict)
+        ]
+
 
 @dataclass
 class PremergeResult:
@@ -124,6 +137,7 @@ class PremergeResult:
                 outcome = "passed" if run.returncode == 0 else f"failed (pytest exit {run.returncode})"
                 lines.append(f"  {run.label} suite: {outcome} in {run.seconds:.0f} s -> {run.summary}")
                 lines += [f"    {f}" for f in run.failures()] if run.returncode else []
+                lines += [f"    {k}" for k in run.known_issues()]
         if self.baseline is not None:
             lines.append(f"  baseline: {self.baseline}")
         if self.gate:

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import allure
 import pytest
 
-from mdevtest.errors import MdevtestError
+from mdevtest.errors import CheckFailed, MdevtestError
 from mdevtest.plugin.hooks import CALL_REPORT, state_of
 
 if TYPE_CHECKING:
     from mdevtest.checks.base import Check, CheckContext, CheckResult
+    from mdevtest.checks.known_issues import KnownIssue
     from mdevtest.guest import Guest
     from mdevtest.host import HostFacts
     from mdevtest.inventory import HostPair, Limits
@@ -220,6 +221,8 @@ class MigrationOutcome:
     check_results: dict[str, CheckResult] = field(default_factory=dict)
     checks_seconds: float = 0.0
     vgpus: dict[str, VgpuAllocation | None] = field(default_factory=dict)
+    known_issue: KnownIssue | None = None  # explains every failed check (set by verify)
+    known_issues: str = "xfail"  # --mdevtest-known-issues: what raise_for_checks does with one
     _pending: list[Check] = field(default_factory=list)
 
     def record_check(self, name: str, status: str, values: dict[str, Any], method: str) -> None:
@@ -237,16 +240,48 @@ class MigrationOutcome:
                 for name, res in self.check_results.items():
                     self.checks[name] = res.to_json()
                 attach_json("checks", self.checks)
+                self.known_issue = self._match_known_issue()
+                if self.known_issue is not None:
+                    attach_json("known issue", self.known_issue.to_json())
             self.checks_seconds += time.monotonic() - started
             self._pending = []
         return self.check_results
 
     def raise_for_checks(self) -> None:
-        """Fail naming every failed check and what differed."""
+        """Fail naming every failed check and what differed; an expected failure (xfail) naming
+        the known issue instead when one explains every failed check (--mdevtest-known-issues)."""
         __tracebackhide__ = True
         from mdevtest.checks.base import raise_for_failures
 
-        raise_for_failures(self.verify())
+        results = self.verify()
+        issue = self.known_issue
+        if issue is None:
+            raise_for_failures(results)
+            return
+        if self.known_issues == "xfail":
+            pytest.xfail(issue.describe())
+        try:
+            raise_for_failures(results)
+        except CheckFailed as exc:
+            raise CheckFailed(f"{exc}\n(matches {issue.describe()})", exc.values) from None
+
+    def _match_known_issue(self) -> KnownIssue | None:
+        from mdevtest.checks.known_issues import match_known_issue
+
+        ctx = self.context
+        if ctx is None or not any(r.status == "failed" for r in self.check_results.values()):
+            return None
+        accel = ctx.testbed.facts(self.pair.destination).accel
+        real_vfio = any(v is not None and not v.simulated for v in self.vgpus.values())
+        if accel != "tcg" or not real_vfio:  # the only signatures known need both
+            return None
+        try:
+            console = self.destination.serial_log()
+        except MdevtestError:
+            return None
+        return match_known_issue(
+            self.check_results, accel=accel, real_vfio=real_vfio, destination_console=console
+        )
 
 
 @pytest.fixture
@@ -321,6 +356,7 @@ def migrate(
         with allure.step(f"start destination on {route.destination} (-incoming defer)"):
             destination = lab.start_destination(route, source)
         outcome = MigrationOutcome(route, source, destination, None, ctx, check_results=early)
+        outcome.known_issues = str(request.config.getoption("mdevtest_known_issues"))
         outcome.checks_seconds = before_s
         request.node.stash[LAST_OUTCOME] = outcome
         outcome.vgpus = {
@@ -377,6 +413,8 @@ def migrate(
 
     report = request.node.stash.get(CALL_REPORT, None)
     verdict = report.outcome if report is not None else "error"
+    if report is not None and report.skipped and hasattr(report, "wasxfail"):
+        verdict = "xfailed"
     workload_mark = request.node.get_closest_marker("workload")
     workload = str(workload_mark.args[0]) if workload_mark else _image_workload(lab)
     entries = []
@@ -426,6 +464,7 @@ def _summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dic
         "verdict": verdict,
         "error": outcome.error,
         "failure_class": outcome.failure_class,
+        "known_issue": outcome.known_issue.to_json() if outcome.known_issue else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "accel": src_facts.accel,
         "accel_reason": src_facts.accel_reason,

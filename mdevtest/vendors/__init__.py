@@ -337,6 +337,8 @@ COMMON_TROUBLE = compile_patterns(
     r"general protection fault",
     r"soft lockup|hard LOCKUP",
     r"blocked for more than \d+ seconds",
+    # an interrupt storm: a level-triggered line nobody clears (e.g. a stuck INTx after a switchover)
+    r"irq \d+: nobody cared|Disabling IRQ #\d+",
     r"DMAR: \[DMA (Read|Write)\]|DMAR: DRHD: handling fault|DMAR:.*[Ff]ault",
     r"AMD-Vi: Event logged \[IO_PAGE_FAULT",
     r"(?i)\bvfio[-_\w]*\b.*\b(error|failed|failure)\b",

@@ -90,7 +90,13 @@ def test_round_trip_through_the_suite(nested: Inventory, tmp_path: Path) -> None
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     migrations = json.loads((tmp_path / "summary.json").read_text())["migrations"]
-    assert [m["pair"] for m in migrations] == ["host-a->host-b", "host-b->host-a"]
+    # A leg that met the stuck-INTx known issue of QEMU under TCG (docs/reports.md) ends the test
+    # as an expected failure, and only when every failed check is the storm's: the guest stalled
+    # on the destination and its kernel disabled the IRQ. Everything else still has to hold.
+    known = [m for m in migrations if m["known_issue"] is not None]
+    expected = ["host-a->host-b", "host-b->host-a"]
+    assert [m["pair"] for m in migrations] == (expected[:1] if known == migrations[:1] else expected)
+    assert {m["verdict"] for m in migrations} == ({"xfailed"} if known else {"passed"}), migrations
     for m in migrations:
         assert m["status"] == "completed"
         assert m["vfio_transferred_bytes"] > 0, m
@@ -99,11 +105,18 @@ def test_round_trip_through_the_suite(nested: Inventory, tmp_path: Path) -> None
         assert m["vgpu"]["type"] == "mtty-2"
         checks = m["checks"]
         assert checks["mtty-device-state"]["status"] == "passed", checks["mtty-device-state"]
-        assert checks["heartbeat"]["status"] == "passed"
         assert checks["graphics"]["status"] == "skipped"
-    # the device state continued across both legs: the counters only grew
+        failed = {name for name, c in checks.items() if c["status"] == "failed"}
+        if m["known_issue"] is None:
+            assert not failed, checks
+        else:
+            assert m["known_issue"]["id"] == "qemu-tcg-vfio-intx", m["known_issue"]
+            assert failed == set(m["known_issue"]["explains"]) <= {"heartbeat", "guest-logs"}
+    # the device state continued across the legs: the counters only grew
     legs = [m["checks"]["mtty-device-state"]["values"]["ttyS4"] for m in migrations]
-    assert legs[1]["before"]["rx"] >= legs[0]["after"][-1]["rx"] > legs[0]["before"]["rx"]
+    assert legs[0]["after"][-1]["rx"] > legs[0]["before"]["rx"]
+    if len(legs) == 2:
+        assert legs[1]["before"]["rx"] >= legs[0]["after"][-1]["rx"]
 
 
 def test_port_count_mismatch_is_refused(nested: Inventory) -> None:

@@ -210,6 +210,14 @@ def test_checks_several_failures():
                Raises("host-logs", errors.CommandTimedOut("host-b", "dmesg", 30)), downtime=612)
 
 
+def test_known_issue():
+    # what MigrationOutcome.raise_for_checks does when a known issue explains every failed check
+    from mdevtest.checks.known_issues import TCG_INTX, TCG_INTX_TITLE, KnownIssue
+    issue = KnownIssue(TCG_INTX, TCG_INTX_TITLE, "accel tcg, destination console: 'Disabling IRQ #23'",
+                       ("guest-logs", "heartbeat"))
+    pytest.xfail(issue.describe())
+
+
 def test_plain_assertion():
     assert 1 + 1 == 3
 
@@ -253,6 +261,7 @@ EXPECTED: dict[str, tuple[str, list[str]]] = {
         "broken",
         ["Device-state mismatch", "Downtime exceeded", INFRA],  # Allure files it under the first
     ),
+    "test_known_issue": ("skipped", ["Known issues"]),
     "test_plain_assertion": ("failed", []),  # Allure's default "Product defects"
     "test_suite_bug": ("broken", []),  # Allure's default "Test defects"
     "test_passes": ("passed", []),
@@ -375,6 +384,7 @@ def test_categories_json_is_what_allure_reads(tmp_path: Path) -> None:
         "Total time exceeded",
         "Errors in host or guest logs",
         "Preflight failed",
+        "Known issues",
         INFRA,
         INFRA,  # by traceback; Allure merges categories of the same name
     ]
