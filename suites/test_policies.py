@@ -1,7 +1,7 @@
 """Migration policies: the same migration under each policy completes, within the limits, intact.
 
 One test per policy (``@pytest.mark.policy``), so the dashboard shows a row per policy and pair:
-``test_migration_under_policy[host-a->host-b-multifd]``. A capability the source's QEMU lacks
+``test_migration_under_policy[host-a->host-b-GVTg_V5_4-multifd]``. A capability the source's QEMU lacks
 (``switchover-ack`` before QEMU 8.0) skips that row, naming the QEMU version. Each migration's
 policy is attached to its Allure step and recorded in ``summary.json``.
 """

@@ -1,9 +1,10 @@
 """Migration under load: each workload runs in the guest across the migration, sampled every second.
 
-One test per workload and pair (``test_migrate_under_load[host-a->host-b-glmark2]``). A workload
-the guest image does not have is skipped with the reason (on the local lab only ``synthetic``
-runs); one that is present is started, sampled through the migration, stopped and parsed. The
-report gets its results, the samples and the throughput dip at the switchover (STOP..RESUME).
+One test per workload and pair (``test_migrate_under_load[host-a->host-b-GVTg_V5_4-glmark2]``).
+A workload the guest image does not have is skipped with the reason (on the local lab only
+``synthetic`` runs); one that is present is started, sampled through the migration, stopped and
+parsed. The report gets its results, the samples and the throughput dip at the switchover
+(STOP..RESUME).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from mdevtest.errors import InventoryError
 from mdevtest.report.baseline import BaselineReport, Tolerance
 
 if TYPE_CHECKING:
-    from mdevtest.inventory import Inventory
+    from mdevtest.inventory import HostPair, Inventory
 
 DEFAULT_INVENTORY = Path("inventory/local-lab.yaml")
 
@@ -222,7 +222,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if state.pair_filter and not pairs:
         known = ", ".join(p.id for p in state.inventory.pairs)
         raise pytest.UsageError(f"--mdevtest-pairs matches no pair of the inventory; known: {known}")
-    metafunc.parametrize("pair", pairs, ids=[p.id for p in pairs])
+    metafunc.parametrize("pair", pairs, ids=[pair_param_id(p) for p in pairs])
+
+
+def pair_param_id(pair: HostPair) -> str:
+    """The pair's part of a test id: ``host-a->host-b-GVTg_V5_4`` (the pair, then its vGPU type
+    as the vendor profile shows it); just the pair without a vGPU."""
+    from mdevtest.vendors import get_profile
+
+    if pair.vgpu is None:
+        return pair.id
+    return f"{pair.id}-{get_profile(pair.vgpu.vendor).type_label(pair.vgpu.type)}"
 
 
 MARKERS = (

@@ -387,6 +387,14 @@ class VendorProfile(ABC):
         """Checks only this vendor has, run with the standard set (default: none)."""
         return []
 
+    #: The parent driver's prefix of the sysfs type names (``i915-`` of ``i915-GVTg_V5_4``),
+    #: left out of test ids.
+    type_prefix: ClassVar[str] = ""
+
+    def type_label(self, type_name: str) -> str:
+        """The vGPU type as test ids show it: ``i915-GVTg_V5_4`` -> ``GVTg_V5_4``."""
+        return type_name.removeprefix(self.type_prefix) or type_name
+
     def applies(self, check: str) -> bool:
         if check not in ALL_CHECKS:
             raise ValueError(f"unknown check {check!r}; known: {', '.join(sorted(ALL_CHECKS))}")

@@ -110,6 +110,7 @@ def gvt_type_info(mdev_type: MdevType, profile_name: str = "GVT-g") -> GvtTypeIn
 class GvtProfile(VendorProfile):
     name: ClassVar[str] = "gvt"
     capture_method: ClassVar[CaptureMethod] = "vnc"
+    type_prefix: ClassVar[str] = "i915-"
     trouble_patterns = (
         *COMMON_TROUBLE,
         *compile_patterns(

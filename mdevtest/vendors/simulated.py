@@ -41,6 +41,7 @@ class SimulatedTypeInfo(TypeInfo):
 class SimulatedProfile(VendorProfile):
     name: ClassVar[str] = "simulated"
     simulated: ClassVar[bool] = True
+    type_prefix: ClassVar[str] = "i915-"
     capture_method: ClassVar[CaptureMethod] = "qmp"
 
     def host_checks(self, executor: Executor, *, sysfs_root: str = "/") -> list[HostCheck]:

@@ -39,9 +39,10 @@ def test_two_pairs_migrate_in_parallel_each_on_its_own_lease(
     # --dist loadgroup: a host set's tests (its two directions) all ran on one worker
     workers: dict[frozenset[str], set[str]] = {}
     for line in result.stdout.lines:
-        # "[gw1] [ 50%] PASSED suites/test_migration_basic.py::test_live_migration[host-c->host-d]"
+        # "[gw1] [ 50%] PASSED suites/...::test_live_migration[host-c->host-d-GVTg_V5_4]"
         match = re.search(
-            r"\[(gw\d+)\] \[ *\d+%\] PASSED .*test_live_migration\[([\w-]+)->([\w-]+)\]", line
+            r"\[(gw\d+)\] \[ *\d+%\] PASSED .*test_live_migration\[(host-\w)->(host-\w)-GVTg_V5_4\]",
+            line,
         )
         if match:
             workers.setdefault(frozenset(match.group(2, 3)), set()).add(match.group(1))

@@ -32,7 +32,7 @@ def test_basic_suite_passes_and_writes_reports(pytester: pytest.Pytester, tmp_pa
 
     summary = json.loads((reports / "summary.json").read_text())
     (entry,) = summary["migrations"]
-    assert entry["test_id"].endswith("test_live_migration[host-a->host-b]")
+    assert entry["test_id"].endswith("test_live_migration[host-a->host-b-GVTg_V5_4]")
     assert (entry["source"], entry["destination"], entry["status"]) == ("host-a", "host-b", "completed")
     for key in ("total_time_ms", "setup_time_ms", "downtime_ms", "ram_transferred_bytes"):
         assert isinstance(entry[key], int), key
@@ -87,7 +87,7 @@ def test_policies_and_negative_suites_pass_on_one_pair(
     )  # fmt: skip
     result.stdout.fnmatch_lines(
         [
-            "*test_migration_under_policy?host-a->host-b-multifd-2? PASSED*",
+            "*test_migration_under_policy?host-a->host-b-GVTg_V5_4-multifd-2? PASSED*",
             "*test_mismatched_vgpu_types_are_refused?host-a->host-b? PASSED*",
             "*test_no_free_instance_on_the_destination_is_refused?host-a->host-b? PASSED*",
             "*test_blocked_migration_is_refused?host-a->host-b? PASSED*",
@@ -121,7 +121,7 @@ def test_workloads_suite_runs_what_the_image_has_and_skips_the_rest(
     )  # fmt: skip
     result.stdout.fnmatch_lines(
         [
-            "*test_migrate_under_load?host-a->host-b-synthetic? PASSED*",
+            "*test_migrate_under_load?host-a->host-b-GVTg_V5_4-synthetic? PASSED*",
             "*SKIPPED*workload glmark2 is not in the guest image (lab-synthetic)*",
         ]
     )

@@ -23,7 +23,10 @@ def test_pair_ids_read_like_the_lab(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest("--inventory", str(LOCAL_LAB), "-v")
     result.stdout.fnmatch_lines(
-        ["*test_migrate?host-a->host-b? PASSED*", "*test_migrate?host-b->host-a? PASSED*"]
+        [
+            "*test_migrate?host-a->host-b-GVTg_V5_4? PASSED*",
+            "*test_migrate?host-b->host-a-GVTg_V5_4? PASSED*",
+        ]
     )
     result.assert_outcomes(passed=2)
 
@@ -33,7 +36,7 @@ def test_pair_filter_selects_one_pair(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest(
         "--inventory", str(LOCAL_LAB), "--mdevtest-pairs", "host-b->host-a", "-v"
     )
-    result.stdout.fnmatch_lines(["*test_migrate?host-b->host-a? PASSED*"])
+    result.stdout.fnmatch_lines(["*test_migrate?host-b->host-a-GVTg_V5_4? PASSED*"])
     result.assert_outcomes(passed=1)
 
 
@@ -135,8 +138,8 @@ def test_tests_are_grouped_by_host_set_for_xdist(pytester: pytest.Pytester) -> N
     result = pytester.runpytest("--inventory", str(LOCAL_LAB), "-s", "--collect-only")
     result.stdout.fnmatch_lines(
         [
-            "GROUP test_migrate[[]host-a->host-b[]] host-a+host-b",
-            "GROUP test_migrate[[]host-b->host-a[]] host-a+host-b",
+            "GROUP test_migrate[[]host-a->host-b-GVTg_V5_4[]] host-a+host-b",
+            "GROUP test_migrate[[]host-b->host-a-GVTg_V5_4[]] host-a+host-b",
         ]
     )
 
@@ -176,7 +179,21 @@ def test_loadgroup_runs_a_host_sets_tests_on_one_worker(pytester: pytest.Pyteste
     for line in result.stdout.lines:
         if "PASSED" in line and "[gw" in line:
             gw = line.split("]", 1)[0].lstrip("[")
-            pair = line.rsplit("[", 1)[1].rstrip("] ")
+            pair = line.rsplit("[", 1)[1].rstrip("] ").removesuffix("-GVTg_V5_4")
             workers.setdefault("+".join(sorted(pair.split("->"))), set()).add(gw)
     assert set(workers) == {"host-a+host-b", "host-c+host-d"}
     assert all(len(w) == 1 for w in workers.values()), workers
+
+
+def test_pair_ids_carry_the_vgpu_type_as_the_vendor_names_it() -> None:
+    from mdevtest.inventory import load_inventory
+    from mdevtest.plugin.hooks import pair_param_id
+
+    local = load_inventory(LOCAL_LAB)
+    nested = load_inventory(LOCAL_LAB.parent / "nested-mtty.yaml")
+    assert [pair_param_id(p) for p in local.pairs] == [
+        "host-a->host-b-GVTg_V5_4",
+        "host-b->host-a-GVTg_V5_4",
+    ]
+    assert pair_param_id(nested.pairs[0]) == "host-a->host-b-mtty-2"
+    assert pair_param_id(local.pairs[0].model_copy(update={"vgpu": None})) == "host-a->host-b"
