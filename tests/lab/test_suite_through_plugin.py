@@ -27,7 +27,7 @@ def test_basic_suite_passes_and_writes_reports(pytester: pytest.Pytester, tmp_pa
         "-v",
         timeout=900,
     )
-    result.stdout.fnmatch_lines(["*test_live_migration?host-a->host-b? PASSED*"])
+    result.stdout.fnmatch_lines(["*test_live_migration?host-a->host-b-GVTg_V5_4? PASSED*"])
     result.assert_outcomes(passed=1)
 
     summary = json.loads((reports / "summary.json").read_text())
@@ -88,9 +88,9 @@ def test_policies_and_negative_suites_pass_on_one_pair(
     result.stdout.fnmatch_lines(
         [
             "*test_migration_under_policy?host-a->host-b-GVTg_V5_4-multifd-2? PASSED*",
-            "*test_mismatched_vgpu_types_are_refused?host-a->host-b? PASSED*",
-            "*test_no_free_instance_on_the_destination_is_refused?host-a->host-b? PASSED*",
-            "*test_blocked_migration_is_refused?host-a->host-b? PASSED*",
+            "*test_mismatched_vgpu_types_are_refused?host-a->host-b-GVTg_V5_4? PASSED*",
+            "*test_no_free_instance_on_the_destination_is_refused?host-a->host-b-GVTg_V5_4? PASSED*",
+            "*test_blocked_migration_is_refused?host-a->host-b-GVTg_V5_4? PASSED*",
         ]
     )
     outcomes = result.parseoutcomes()
