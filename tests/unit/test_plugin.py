@@ -145,15 +145,23 @@ def test_tests_are_grouped_by_host_set_for_xdist(pytester: pytest.Pytester) -> N
 
 
 def test_the_migration_table_names_the_test_without_repeating_the_pair() -> None:
-    from mdevtest.plugin.hooks import _short_test_name
+    from mdevtest.plugin.hooks import _short_test_name, _vgpu_label
 
-    pair = "host-a->host-b"
-    assert _short_test_name("suites/p.py::test_policy[host-a->host-b-multifd-2]", pair) == (
-        "test_policy[multifd-2]"
-    )
-    assert _short_test_name("suites/b.py::test_live_migration[host-a->host-b]", pair) == (
-        "test_live_migration"
-    )
+    prefixes = ["host-a->host-b", "host-a->host-b-GVTg_V5_4", "host-b->host-a-GVTg_V5_4"]
+    short = {
+        "suites/p.py::test_policy[host-a->host-b-GVTg_V5_4-multifd-2]": "test_policy[multifd-2]",
+        "suites/b.py::test_live_migration[host-a->host-b-GVTg_V5_4]": "test_live_migration",
+        "suites/b.py::test_live_migration[host-a->host-b]": "test_live_migration",  # older ids
+        # a ping-pong's way back: its entry's pair is host-b->host-a, the id names the test's pair
+        "suites/p.py::test_ping_pong[host-a->host-b-GVTg_V5_4]": "test_ping_pong",
+        "suites/x.py::test_other[host-c->host-d]": "test_other[host-c->host-d]",
+    }
+    for test_id, name in short.items():
+        assert _short_test_name(test_id, prefixes) == name, test_id
+    assert _vgpu_label({"vendor": "simulated", "type": "i915-GVTg_V5_4"}) == "GVTg_V5_4"
+    assert _vgpu_label({"vendor": "mtty", "type": "mtty-2"}) == "mtty-2"
+    assert _vgpu_label({"vendor": "acme", "type": "acme-1"}) == "acme-1"
+    assert _vgpu_label(None) == "-"
 
 
 def test_xdist_scope_is_the_host_set_of_the_pair_in_the_test_id() -> None:
