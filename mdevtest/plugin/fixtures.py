@@ -271,13 +271,13 @@ class MigrationOutcome:
         ctx = self.context
         if ctx is None or not any(r.status == "failed" for r in self.check_results.values()):
             return None
-        accel = ctx.testbed.facts(self.pair.destination).accel
         real_vfio = any(v is not None and not v.simulated for v in self.vgpus.values())
-        if accel != "tcg" or not real_vfio:  # the only signatures known need both
-            return None
         try:
+            accel = ctx.testbed.facts(self.pair.destination).accel  # probed by the preflight
+            if accel != "tcg" or not real_vfio:  # the only signatures known need both
+                return None
             console = self.destination.serial_log()
-        except MdevtestError:
+        except MdevtestError:  # the checks' failures stand as they are
             return None
         return match_known_issue(
             self.check_results, accel=accel, real_vfio=real_vfio, destination_console=console
