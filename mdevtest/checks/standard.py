@@ -17,7 +17,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass
 from io import BytesIO
 from itertools import pairwise
 from typing import Any, ClassVar
@@ -299,8 +301,40 @@ class DeviceStateCheck(Check):
         return values
 
 
-def _dmesg_cursor(remote: Remote) -> int:
-    return int(remote.check_shell("dmesg | wc -l", timeout=30).stdout.strip() or 0)
+_DMESG_TIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+@dataclass(frozen=True)
+class DmesgCursor:
+    """Where a host's kernel log stood before the migration: the timestamp of its last line.
+
+    Not a line count: once the ring buffer is full the kernel drops the oldest lines, so the count
+    stands still while new lines arrive (a busy host, a long nightly run). A kernel that prints no
+    timestamps (``printk.time=0``) falls back to the count.
+    """
+
+    time: float | None
+    lines: int
+
+
+def dmesg_cursor(remote: Remote) -> DmesgCursor:
+    # one read of the log: its line count, then its last line
+    result = remote.check_shell("dmesg | awk '{ last = $0 } END { print NR; print last }'", timeout=30)
+    count, _, last = result.stdout.partition("\n")
+    stamp = _DMESG_TIME.match(last)
+    return DmesgCursor(float(stamp.group(1)) if stamp else None, int(count.strip() or 0))
+
+
+def dmesg_since_command(cursor: DmesgCursor, dmesg: str = "dmesg") -> str:
+    """The shell command printing the kernel log lines after ``cursor`` (a line without a
+    timestamp, the rest of a message, goes with the line before it)."""
+    if cursor.time is None:
+        return f"{dmesg} | tail -n +{cursor.lines + 1}"
+    program = (
+        "{ if (match($0, /^\\[ *[0-9]+\\.[0-9]+\\]/)) "
+        "keep = (substr($0, RSTART + 1, RLENGTH - 2) + 0 > t + 0); if (keep) print }"
+    )
+    return f"{dmesg} | awk -v t={cursor.time:.6f} '{program}'"
 
 
 class HostLogsCheck(Check):
@@ -312,8 +346,8 @@ class HostLogsCheck(Check):
 
     def before(self, ctx: CheckContext) -> None:
         ctx.scratch["host-logs:cursor"] = {
-            "source": _dmesg_cursor(ctx.testbed.remote(ctx.route.source)),
-            "destination": _dmesg_cursor(ctx.testbed.remote(ctx.route.destination)),
+            "source": dmesg_cursor(ctx.testbed.remote(ctx.route.source)),
+            "destination": dmesg_cursor(ctx.testbed.remote(ctx.route.destination)),
         }
 
     def after(self, ctx: CheckContext) -> dict[str, Any]:
@@ -322,8 +356,7 @@ class HostLogsCheck(Check):
         profile_find = ctx.profile.find_trouble if ctx.profile is not None else _common_trouble
         found: dict[str, list[str]] = {}
         for role, machine in (("source", ctx.source), ("destination", dst)):
-            start = cursors[role]
-            text = machine.remote.check_shell(f"dmesg | tail -n +{int(start) + 1}", timeout=30).stdout
+            text = machine.remote.check_shell(dmesg_since_command(cursors[role]), timeout=30).stdout
             text += "\n" + machine.remote.run(["cat", machine.paths.qemu_log], timeout=30).stdout
             trouble = profile_find(text)
             if trouble:
