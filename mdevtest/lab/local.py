@@ -153,6 +153,16 @@ class LabStatus:
         return "\n".join(lines)
 
 
+def lab_lock(path: Path, timeout: float) -> contextlib.AbstractContextManager[None]:
+    """A lab's cross-process lock (``up``/``down`` of one flavour); a LabError after ``timeout``."""
+    return locked(
+        path,
+        while_waiting=give_up_after(
+            timeout, lambda: LabError(f"another mdevtest holds {path} for more than {timeout:g} s")
+        ),
+    )
+
+
 class LocalLab:
     """Bring the embedded local lab described by ``inventory`` up, inspect it, take it down."""
 
@@ -203,13 +213,7 @@ class LocalLab:
     # -- lock ------------------------------------------------------------------------------------
 
     def _locked(self, timeout: float = 600.0) -> contextlib.AbstractContextManager[None]:
-        return locked(
-            LOCK_PATH,
-            while_waiting=give_up_after(
-                timeout,
-                lambda: LabError(f"another mdevtest holds {LOCK_PATH} for more than {timeout:g} s"),
-            ),
-        )
+        return lab_lock(LOCK_PATH, timeout)
 
     # -- status ----------------------------------------------------------------------------------
 

@@ -40,10 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mdevtest.errors import LabError, MdevtestError
-from mdevtest.filelock import give_up_after, locked
 from mdevtest.inventory import Host, Inventory
 from mdevtest.lab import Progress
-from mdevtest.lab.local import _cmdline, _pid_if_ours, _terminate, sh
+from mdevtest.lab.local import _cmdline, _pid_if_ours, _terminate, lab_lock, sh
 from mdevtest.lab.nested_image import (
     CONFIG_DISK_SERIAL,
     NestedImages,
@@ -258,13 +257,7 @@ class NestedLab:
     # -- lock ------------------------------------------------------------------------------------
 
     def _locked(self, timeout: float = 900.0) -> contextlib.AbstractContextManager[None]:
-        return locked(
-            LOCK_PATH,
-            while_waiting=give_up_after(
-                timeout,
-                lambda: LabError(f"another mdevtest holds {LOCK_PATH} for more than {timeout:g} s"),
-            ),
-        )
+        return lab_lock(LOCK_PATH, timeout)
 
     # -- status ----------------------------------------------------------------------------------
 
