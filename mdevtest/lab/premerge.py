@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mdevtest.errors import LabError, MdevtestError
 from mdevtest.inventory import Inventory
@@ -76,9 +77,8 @@ class SuiteRun:
 
     def failures(self) -> list[str]:
         """One line per migration whose test did not pass: the test, and what failed."""
-        try:
-            entries = json.loads(self.summary.read_text()).get("migrations", [])
-        except (OSError, ValueError):
+        entries = self._entries()
+        if entries is None:
             return [f"{self.label}: no summary.json (pytest exited {self.returncode})"]
         lines = []
         for e in entries:
@@ -95,16 +95,20 @@ class SuiteRun:
 
     def known_issues(self) -> list[str]:
         """One line per migration reported as an expected failure: its known issue."""
-        try:
-            entries = json.loads(self.summary.read_text()).get("migrations", [])
-        except (OSError, ValueError):
-            return []
         return [
             f"{e.get('test_id')} [{e.get('pair')}]: known issue {issue.get('id')} "
             f"({issue.get('evidence')})"
-            for e in entries
+            for e in self._entries() or []
             if isinstance(issue := e.get("known_issue"), dict)
         ]
+
+    def _entries(self) -> list[dict[str, Any]] | None:
+        """The summary's migrations; None without a readable summary.json."""
+        try:
+            entries: list[dict[str, Any]] = json.loads(self.summary.read_text()).get("migrations", [])
+        except (OSError, ValueError):
+            return None
+        return entries
 
 
 @dataclass
