@@ -133,6 +133,7 @@ Address = Annotated[str, AfterValidator(_check_address)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+Firmware = Literal["bios", "uefi"]
 
 
 class _Model(BaseModel):
@@ -208,6 +209,10 @@ class Host(_Model):
     sysfs_root: Annotated[str, AfterValidator(_check_remote_abspath)] = "/"
     """Where the host's ``/sys`` is looked up (``/`` on real hosts; the local lab's simulated
     vGPU parent lives under the host's state dir)."""
+    ovmf_code: Annotated[str, AfterValidator(_check_remote_abspath)] = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    """UEFI firmware code on the host (Debian's ``ovmf``; RHEL: /usr/share/edk2/ovmf/OVMF_CODE.fd)."""
+    ovmf_vars: Annotated[str, AfterValidator(_check_remote_abspath)] = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    """The matching variable store template; each UEFI guest gets its own copy."""
 
 
 class VgpuSpec(_Model):
@@ -240,14 +245,29 @@ class HostPair(_Model):
 
 
 class LabImage(_Model):
-    """A guest image the embedded lab's image builders produce.
+    """A guest image the embedded lab's image builders produce (the lab owns what it ships,
+    :mod:`mdevtest.lab.images`).
 
     ``lab-synthetic``: the local lab's kernel + initramfs with the synthetic GPU workload
     (:mod:`mdevtest.lab.image`); ``lab-mtty``: the nested lab's L2 guest, whose workload keeps
-    the mtty serial ports busy (:mod:`mdevtest.lab.nested_image`).
+    the mtty serial ports busy (:mod:`mdevtest.lab.nested_image`); ``lab-desktop``: a Debian
+    disk image with X, Mesa, the GPU benchmarks and qemu-guest-agent, booted through UEFI
+    (:mod:`mdevtest.lab.desktop_image`).
     """
 
-    kind: Literal["lab-synthetic", "lab-mtty"]
+    kind: Literal["lab-synthetic", "lab-mtty", "lab-desktop"]
+    firmware: Firmware | None = None
+    """``lab-desktop`` only: ``uefi`` (default, boots its disk through OVMF and systemd-boot) or
+    ``bios`` (SeaBIOS with the image's kernel booted directly, the same disk as root)."""
+
+    @model_validator(mode="after")
+    def _firmware_only_for_disks(self) -> LabImage:
+        if self.firmware is not None and self.kind != "lab-desktop":
+            raise ValueError(
+                f"firmware applies to disk images (lab-desktop, disk); {self.kind} boots a kernel "
+                "directly: remove firmware"
+            )
+        return self
 
 
 class KernelImage(_Model):
@@ -257,14 +277,48 @@ class KernelImage(_Model):
     kernel: ControllerPath
     initrd: ControllerPath
     append: str = ""
+    agent: bool = False
+    """The guest runs qemu-guest-agent on the virtio-serial port ``org.qemu.guest_agent.0``."""
 
 
 class DiskImage(_Model):
-    """A disk image file on the controller."""
+    """A disk image file on the controller, copied once to each host (checked by size and
+    sha256) and used through a per-guest qcow2 overlay, attached read-only (no shared storage:
+    both hosts' overlays must stay identical while the guest migrates)."""
 
     kind: Literal["disk"]
     path: ControllerPath
     format: Literal["qcow2", "raw"] = "qcow2"
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """Expected sha256 of ``path`` (lower-case hex); checked before the first copy."""
+    firmware: Firmware = "uefi"
+    """``uefi``: OVMF (``ovmf_code``/``ovmf_vars`` of each host, a VARS copy per guest);
+    ``bios``: SeaBIOS."""
+    kernel: ControllerPath | None = None
+    """Boot this kernel directly with the disk as root (needs ``initrd``); None: boot the disk."""
+    initrd: ControllerPath | None = None
+    append: str = ""
+    cloud_init: ControllerPath | None = None
+    """A NoCloud seed image (volume label ``cidata``), attached read-only as a second disk."""
+    agent: bool = True
+    """The guest runs qemu-guest-agent on the virtio-serial port ``org.qemu.guest_agent.0``:
+    readiness is its ``guest-ping`` + ``guest-get-osinfo``, and workloads run through it."""
+    probe: bool = True
+    """Deploy the probe agent (``mdt-workload``) into the running guest through the agent, for
+    the RAM/DMA/device-memory/device-state checks and the guest-observed downtime."""
+
+    @model_validator(mode="after")
+    def _combinations(self) -> DiskImage:
+        if (self.kernel is None) != (self.initrd is None):
+            raise ValueError("kernel and initrd go together: give both (direct boot) or neither")
+        if self.append and self.kernel is None:
+            raise ValueError("append needs kernel and initrd (a disk boot takes its own command line)")
+        if self.probe and not self.agent:
+            raise ValueError(
+                "probe: true needs agent: true (the probe agent is deployed through "
+                "qemu-guest-agent); set probe: false for a guest without qemu-guest-agent"
+            )
+        return self
 
 
 GuestImageSpec = Annotated[LabImage | KernelImage | DiskImage, Field(discriminator="kind")]
@@ -837,10 +891,21 @@ def describe(inv: Inventory) -> str:
     image = g.image
     if isinstance(image, KernelImage):
         shown_image = f"kernel {image.kernel}, initrd {image.initrd}"
+        shown_image += ", qemu-guest-agent" if image.agent else ", console only"
     elif isinstance(image, DiskImage):
-        shown_image = f"{image.format} disk {image.path}"
+        boot = f"kernel {image.kernel} (direct)" if image.kernel else f"{image.firmware} from the disk"
+        shown_image = f"{image.format} disk {image.path}, {image.firmware} firmware, boots {boot}"
+        shown_image += f", sha256 {image.sha256[:12]}..." if image.sha256 else ""
+        shown_image += f", cloud-init seed {image.cloud_init}" if image.cloud_init else ""
+        shown_image += ", qemu-guest-agent" if image.agent else ", no agent (console only)"
+        shown_image += ", probe agent deployed" if image.probe else ", no probe agent"
     elif image.kind == "lab-mtty":
         shown_image = "lab-mtty (the nested lab's L2 guest, built by the nested lab)"
+    elif image.kind == "lab-desktop":
+        shown_image = (
+            f"lab-desktop (Debian disk image with X, Mesa llvmpipe, glmark2, x11perf, ffmpeg, "
+            f"GStreamer, qemu-guest-agent; {image.firmware or 'uefi'} boot; built by the lab)"
+        )
     else:
         shown_image = "lab-synthetic (built by the local lab)"
     vcpus = f"{g.vcpus} vCPU" + ("s" if g.vcpus != 1 else "")

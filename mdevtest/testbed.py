@@ -15,15 +15,18 @@ import shlex
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
 from mdevtest.errors import GuestError, MachineError, MdevError, MdevtestError
+from mdevtest.guest.image import BootImage
+from mdevtest.guest.qga import GuestAgent, wait_agent_ready
 from mdevtest.host import HostFacts, probe_host
-from mdevtest.inventory import HostPair, Inventory, KernelImage
+from mdevtest.inventory import DiskImage, HostPair, Inventory, KernelImage
 from mdevtest.mdev import MdevInstance, MdevManager
-from mdevtest.qemu.cmdline import MachineSpec
+from mdevtest.qemu.cmdline import Control, DiskAttach, MachineSpec
 from mdevtest.qemu.machine import RemoteMachine, reap
 from mdevtest.remote import Remote, RemotePool
 from mdevtest.vendors import get_profile
@@ -41,15 +44,22 @@ class VgpuAllocation:
 
 
 @dataclass(frozen=True)
-class ImageFiles:
-    """A bootable kernel + initrd on the controller, identified by a content digest."""
+class HostBoot:
+    """Where a guest image's files are on one host (uploaded and verified once per host)."""
 
-    kernel: Path
-    initrd: Path
-    append: str
-    digest: str
-    description: str
+    kernel: str | None
+    initrd: str | None
+    disk: str | None
+    cloud_init: str | None
 
+
+#: The PCI vendor:device of the emulated VGA every lab guest has (QEMU's ``-vga std``): the
+#: display the probe draws on when the vGPU brings none of its own (the local lab's stand-in).
+EMULATED_VGA = "1234:1111"
+
+#: The probe's control channel by how the image has it: the initramfs guest's second UART, a
+#: virtio-serial port for a probe deployed into any Linux guest (no UART to spare there).
+_CONTROL: dict[str, Control] = {"builtin": "uart", "deploy": "vport", "none": "none"}
 
 #: Size of the synthetic workload's DMA pattern disk.
 PATTERN_DISK_MIB = 32
@@ -70,7 +80,7 @@ class Testbed:
         self.run_id = run_id or new_run_id()
         self.pool = RemotePool(inventory.hosts)
         self._facts: dict[str, HostFacts] = {}
-        self._image: ImageFiles | None = None
+        self._image: BootImage | None = None
         self._lock = threading.Lock()
         self._serial = 0
         self.vgpus: dict[str, VgpuAllocation] = {}  # machine tag -> its mdev
@@ -114,52 +124,68 @@ class Testbed:
 
     # -- images ----------------------------------------------------------------------------------
 
-    def image(self) -> ImageFiles:
-        """The guest image on the controller (built and cached for the local lab)."""
+    def image(self) -> BootImage:
+        """The guest image on the controller (the labs build and cache theirs)."""
         if self._image is None:
-            spec = self.inventory.guest.image
-            if spec.kind == "lab-synthetic":
-                from mdevtest.lab.image import DEFAULT_CACHE_DIR, build_guest_image
-
-                built = build_guest_image(DEFAULT_CACHE_DIR)
-                self._image = ImageFiles(
-                    built.kernel, built.initrd, built.append, built.digest,
-                    f"mdevtest synthetic image {built.digest} (kernel {built.kernel_version})",
-                )  # fmt: skip
-            elif spec.kind == "lab-mtty":
-                from mdevtest.lab.nested_image import build_nested_images
-
-                guest = build_nested_images().guest
-                self._image = ImageFiles(
-                    guest.kernel, guest.initrd, guest.append, guest.digest,
-                    f"mdevtest nested-lab mtty guest {guest.digest} (kernel {guest.kernel_version})",
-                )  # fmt: skip
-            elif isinstance(spec, KernelImage):
-                digest = hashlib.sha256()
-                for path in (spec.kernel, spec.initrd):
-                    digest.update(Path(path).read_bytes())
-                self._image = ImageFiles(
-                    Path(spec.kernel), Path(spec.initrd), spec.append, digest.hexdigest()[:16],
-                    f"kernel {spec.kernel} + initrd {spec.initrd}",
-                )  # fmt: skip
-            else:
-                raise MachineError(
-                    f"{self.inventory.source_path}: guest.image.kind {spec.kind!r} is not "
-                    "supported yet; use 'lab-synthetic', 'lab-mtty' or 'kernel'"
-                )
+            self._image = resolve_image(self.inventory)
         return self._image
 
-    def image_on(self, host: str) -> tuple[str, str]:
-        """Kernel and initrd paths on ``host``, uploading them once if the host lacks them."""
+    def image_on(self, host: str) -> HostBoot:
+        """The image's files on ``host``, uploading them once if the host lacks them; a disk is
+        checked by size and sha256 on the host after the copy (and by size afterwards)."""
         image = self.image()
         base = f"{self.remote(host).host.state_dir}/images/{image.digest}"
-        kernel, initrd = f"{base}/vmlinuz", f"{base}/initrd.img"
-        self._ensure_files(host, {kernel: image.kernel, initrd: image.initrd})
-        return kernel, initrd
+        files: dict[str, Path] = {}
+        kernel = initrd = disk = seed = None
+        if image.kernel is not None:
+            kernel = f"{base}/vmlinuz"
+            files[kernel] = image.kernel
+        if image.initrd is not None:
+            initrd = f"{base}/initrd.img"
+            files[initrd] = image.initrd
+        if image.cloud_init is not None:
+            seed = f"{base}/seed.img"
+            files[seed] = image.cloud_init
+        self._ensure_files(host, files)
+        if image.disk is not None:
+            disk = f"{base}/disk.{image.disk_format}"
+            self._ensure_verified(host, disk, image.disk, image.disk_sha256)
+        return HostBoot(kernel, initrd, disk, seed)
+
+    def _ensure_verified(self, host: str, target: str, local: Path, sha256: str | None) -> None:
+        """Copy a (large) file once; the host's own sha256 of the copy must match the
+        controller's, recorded in ``<target>.verified`` (size and digest) for later sessions."""
+        remote = self.remote(host)
+        size = local.stat().st_size
+        digest = sha256 or _sha256_file(local)
+        stamp = f"{size} {digest}"
+        marker = f"{target}.verified"
+        with self._lock:
+            seen = remote.run_shell(
+                f"[ $(stat -c %s {shlex.quote(target)} 2>/dev/null || echo 0) = {size} ] && "
+                f"cat {shlex.quote(marker)}",
+                timeout=30,
+            )
+            if seen.rc == 0 and seen.stdout.strip() == stamp:
+                return
+            remote.check(["mkdir", "-p", target.rsplit("/", 1)[0]], timeout=30)
+            remote.put(local, f"{target}.part", timeout=1800)
+            got = remote.check(["sha256sum", f"{target}.part"], timeout=600).stdout.split()
+            if not got or got[0] != digest:
+                remote.run(["rm", "-f", f"{target}.part"], timeout=30)
+                raise MachineError(
+                    f"{host}: the copy of {local} has sha256 {got[0] if got else '?'}, expected "
+                    f"{digest}; the transfer was corrupted or the file changed while copying"
+                )
+            remote.check_shell(
+                f"mv {shlex.quote(target + '.part')} {shlex.quote(target)} && "
+                f"echo {shlex.quote(stamp)} > {shlex.quote(marker)}",
+                timeout=30,
+            )
 
     def pattern_disk_on(self, host: str) -> str | None:
         """The synthetic workload's DMA pattern disk on ``host`` (same bytes on every host)."""
-        if self.inventory.guest.image.kind != "lab-synthetic":
+        if self.image().probe == "none":
             return None
         from mdevtest.lab.image import DEFAULT_CACHE_DIR
         from mdevtest.workloads.synthetic import write_pattern_disk
@@ -209,24 +235,33 @@ class Testbed:
         """The guest's machine on ``host``: the vGPU's device options, then ``qemu_args`` (a test's
         own, e.g. a device under test; the destination gets the source's)."""
         guest = self.inventory.guest
-        kernel, initrd = self.image_on(host)
-        append = " ".join(x for x in (self.image().append, guest.extra_append, extra_append) if x)
+        image = self.image()
+        files = self.image_on(host)
+        append = " ".join(x for x in (image.append, guest.extra_append, extra_append) if x)
         extra: tuple[str, ...] = ()
         if vgpu is not None:
             profile = get_profile(vgpu.vendor)
             facts = self.facts(host)
             tracking = facts.dirty_tracking.vfio_options if facts.dirty_tracking else ()
             extra = tuple(profile.qemu_device_args(vgpu.sysfs_path, facts.qemu_caps, extra=tracking))
+        remote_host = self.remote(host).host
         return MachineSpec(
             name=name,
             memory_mib=guest.memory_mib,
             vcpus=guest.vcpus,
-            kernel=kernel,
-            initrd=initrd,
-            append=append,
+            kernel=files.kernel,
+            initrd=files.initrd,
+            append=append if files.kernel is not None else "",
             accel=self.facts(host).accel,
             extra_args=extra + qemu_args,
+            control=_CONTROL[image.probe],
             pattern_disk=self.pattern_disk_on(host),
+            disk=DiskAttach(files.disk, image.disk_format) if files.disk else None,
+            firmware=image.firmware,
+            ovmf_code=remote_host.ovmf_code,
+            ovmf_vars=remote_host.ovmf_vars,
+            agent=image.agent,
+            cloud_init=files.cloud_init,
         )
 
     def allocate_vgpu(
@@ -305,23 +340,62 @@ class Testbed:
             return f"{role}{self._serial}"
 
     def start_source(
-        self, pair: HostPair, *, extra_append: str = "", qemu_args: tuple[str, ...] = ()
+        self,
+        pair: HostPair,
+        *,
+        extra_append: str = "",
+        qemu_args: tuple[str, ...] = (),
+        probe_options: Mapping[str, str] | None = None,
     ) -> RemoteMachine:
-        """Start the guest on the pair's source and wait until its workload reports READY.
+        """Start the guest on the pair's source and wait until it is ready: its console marker
+        (the lab's initramfs guests) or its qemu-guest-agent; then, for an image whose probe is
+        deployed, copy the probe in and wait for its READY.
 
         ``qemu_args`` are added to the command line here and on every destination it migrates to.
+        ``probe_options`` go to the probe (e.g. ``udp``): on the kernel command line of a built-in
+        probe (``mdt.<key>=<value>``), on the command line of a deployed one.
         """
+        image = self.image()
+        options = dict(probe_options or {})
+        if image.probe == "builtin":
+            extra_append = " ".join(
+                x for x in (extra_append, *(f"mdt.{k}={v}" for k, v in options.items())) if x
+            )
         vgpu = self.allocate_vgpu(pair, pair.source)
         machine = self._machine(
             pair.source, vgpu, name=self.next_name("vm"), extra_append=extra_append, qemu_args=qemu_args
         )
         try:
             machine.start()
-            wait_ready(machine, timeout=self.inventory.guest.boot_timeout_s)
+            timeout = self.inventory.guest.boot_timeout_s
+            started = time.monotonic()
+            if image.ready_marker is not None:
+                wait_ready(machine, timeout=timeout, marker=image.ready_marker)
+            else:
+                agent = GuestAgent(lambda: machine)
+                machine.os_info = wait_agent_ready(agent, timeout=timeout, alive=machine.is_alive)
+            if image.probe == "deploy":
+                self._deploy_probe(machine, pair, options)
+                left = max(30.0, timeout - (time.monotonic() - started))
+                wait_ready(machine, timeout=left)
         except BaseException:
             self.release(machine)
             raise
         return machine
+
+    def _deploy_probe(self, machine: RemoteMachine, pair: HostPair, options: dict[str, str]) -> None:
+        from mdevtest.guest.probe import deploy_probe, probe_binary
+        from mdevtest.qemu.cmdline import CONTROL_PORT, PATTERN_SERIAL
+
+        display = get_profile(pair.vgpu.vendor).guest_display if pair.vgpu else None
+        args = {
+            "console": "/dev/ttyS0",
+            "ctl": f"vport:{CONTROL_PORT}",
+            "drm": f"pci:{display or EMULATED_VGA}",
+            "dma_dev": f"/dev/disk/by-id/virtio-{PATTERN_SERIAL}",
+            **options,
+        }
+        deploy_probe(GuestAgent(lambda: machine), probe_binary(), args)
 
     def _machine(
         self,
@@ -425,3 +499,62 @@ def wait_ready(machine: RemoteMachine, *, timeout: float, marker: str = "MDT-REA
                 f"console tail:\n{tail}"
             )
         time.sleep(0.5)
+
+
+def resolve_image(inventory: Inventory) -> BootImage:
+    """What the inventory's guest image is, with its files on the controller (a lab image is
+    built, or taken from its cache, by the lab that ships it)."""
+    spec = inventory.guest.image
+    if isinstance(spec, KernelImage):
+        digest = hashlib.sha256()
+        for path in (spec.kernel, spec.initrd):
+            digest.update(Path(path).read_bytes())
+        return BootImage(
+            digest=digest.hexdigest()[:16],
+            description=f"kernel {spec.kernel} + initrd {spec.initrd}",
+            kernel=Path(spec.kernel),
+            initrd=Path(spec.initrd),
+            append=spec.append,
+            agent=spec.agent,
+            ready_marker=None if spec.agent else "MDT-READY",
+        )
+    if isinstance(spec, DiskImage):
+        disk = Path(spec.path)
+        if not disk.is_file():
+            raise MachineError(f"{inventory.source_path}: guest.image.path {disk} is not a file")
+        sha = _sha256_file(disk)
+        if spec.sha256 is not None and sha != spec.sha256:
+            raise MachineError(
+                f"{inventory.source_path}: guest.image.path {disk} has sha256 {sha}, the inventory "
+                f"says {spec.sha256}; update guest.image.sha256 or restore the image"
+            )
+        digest = hashlib.sha256(sha.encode())
+        for extra in (spec.kernel, spec.initrd, spec.cloud_init):
+            if extra is not None:
+                digest.update(Path(extra).read_bytes())
+        return BootImage(
+            digest=digest.hexdigest()[:16],
+            description=f"{spec.format} disk {disk} ({spec.firmware})",
+            kernel=Path(spec.kernel) if spec.kernel else None,
+            initrd=Path(spec.initrd) if spec.initrd else None,
+            append=spec.append,
+            disk=disk,
+            disk_format=spec.format,
+            disk_sha256=sha,
+            firmware=spec.firmware,
+            cloud_init=Path(spec.cloud_init) if spec.cloud_init else None,
+            agent=spec.agent,
+            probe="deploy" if spec.probe else "none",
+            ready_marker=None if spec.agent else "MDT-READY",
+        )
+    from mdevtest.lab.images import lab_image
+
+    return lab_image(spec.kind).build(spec, lambda _m: None)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from mdevtest.errors import LabError
 from mdevtest.filelock import give_up_after, locked
-from mdevtest.inventory import Inventory
+from mdevtest.inventory import Inventory, LabImage
 from mdevtest.lab import Lab
 from mdevtest.lab.packages import ensure_packages
 
@@ -262,10 +262,11 @@ class LocalLab:
                     self._start_sshd(host, restart=remounted)
                 self._write_known_hosts()
                 self._wait_ssh()
-        if build_image and self.inventory.guest.image.kind == "lab-synthetic":
-            from mdevtest.lab.image import DEFAULT_CACHE_DIR, build_guest_image
+        image = self.inventory.guest.image
+        if build_image and isinstance(image, LabImage) and image.kind != "lab-mtty":
+            from mdevtest.lab.images import lab_image
 
-            build_guest_image(DEFAULT_CACHE_DIR, progress=progress)
+            lab_image(image.kind).build(image, progress)
         return not was_up
 
     def clear_faults(self) -> list[str]:

@@ -542,6 +542,34 @@ class _Release:
     version: str
 
 
+def suite_release(mirror: str, suite: str, runner: _Runner, what: str) -> _Release | None:
+    """The suite's ``Date`` and ``Version`` on the mirror; None when it cannot be reached."""
+    url = f"{mirror}/dists/{suite}/InRelease"
+    try:
+        with urllib.request.urlopen(url, timeout=min(30.0, runner.remaining(url))) as r:
+            text = r.read(1 << 20).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        raise LabError(
+            f"{what}: {mirror} does not serve {suite}: {url} answered HTTP {exc.code}; "
+            f"pass mirror= naming a Debian mirror that has dists/{suite}"
+        ) from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        runner.progress(f"cannot fetch {url} ({exc}); looking for a cached image")
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key in ("Date", "Version", "Codename") and key not in fields:
+            fields[key] = value.strip()
+    if fields.get("Codename") != suite or "Date" not in fields:
+        raise LabError(
+            f"{what}: {url} does not describe {suite} (Codename "
+            f"{fields.get('Codename', 'missing')}); pass mirror= naming a Debian mirror "
+            f"that serves {suite}"
+        )
+    return _Release(date=fields["Date"], version=fields.get("Version", ""))
+
+
 class _NestedBuilder:
     def __init__(self, cache: Path, runner: _Runner) -> None:
         self.cache = cache
@@ -629,31 +657,7 @@ class _NestedBuilder:
         return description
 
     def _release(self, mirror: str) -> _Release | None:
-        """The suite's ``Date`` and ``Version`` on the mirror; None when it cannot be reached."""
-        url = f"{mirror}/dists/{SUITE}/InRelease"
-        try:
-            with urllib.request.urlopen(url, timeout=min(30.0, self.runner.remaining(url))) as r:
-                text = r.read(1 << 20).decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            raise LabError(
-                f"nested image: {mirror} does not serve {SUITE}: {url} answered HTTP {exc.code}; "
-                f"pass mirror= naming a Debian mirror that has dists/{SUITE}"
-            ) from exc
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            self.progress(f"cannot fetch {url} ({exc}); looking for a cached host image")
-            return None
-        fields: dict[str, str] = {}
-        for line in text.splitlines():
-            key, sep, value = line.partition(":")
-            if sep and key in ("Date", "Version", "Codename") and key not in fields:
-                fields[key] = value.strip()
-        if fields.get("Codename") != SUITE or "Date" not in fields:
-            raise LabError(
-                f"nested image: {url} does not describe {SUITE} (Codename "
-                f"{fields.get('Codename', 'missing')}); pass mirror= naming a Debian mirror "
-                f"that serves {SUITE}"
-            )
-        return _Release(date=fields["Date"], version=fields.get("Version", ""))
+        return suite_release(mirror, SUITE, self.runner, "nested image")
 
     def _offline_host(self, local_key: str) -> HostImage:
         best: tuple[str, HostImage] | None = None

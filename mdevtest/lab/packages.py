@@ -12,6 +12,7 @@ from mdevtest.errors import LabError
 LAB_PACKAGES: tuple[str, ...] = (
     "qemu-system-x86",  # the hosts' QEMU
     "qemu-utils",  # qemu-img
+    "ovmf",  # UEFI firmware of disk-image guests (the desktop image)
     "openssh-server",  # a real sshd per lab host
     "openssh-client",  # ssh-keygen
     "busybox-static",  # the guest's userland

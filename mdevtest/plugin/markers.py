@@ -76,12 +76,25 @@ def _check_pair_requirements(item: pytest.Item, pair: HostPair | None, vendors: 
     return problems
 
 
+def _image_workloads(state: SessionState) -> tuple[str, frozenset[str]] | None:
+    """The lab image's kind and the workloads it certainly carries (None: ask the guest)."""
+    from mdevtest.inventory import LabImage
+
+    image = state.inventory.guest.image if state.inventory is not None else None
+    if not isinstance(image, LabImage):
+        return None
+    from mdevtest.lab.images import lab_image
+
+    known = lab_image(image.kind).workloads
+    return None if known is None else (image.kind, known)
+
+
 def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
     from mdevtest.vendors import known_vendors
 
     problems: list[str] = []
     vendors = set(known_vendors())
-    synthetic_image = state.inventory is not None and state.inventory.guest.image.kind == "lab-synthetic"
+    image_workloads = _image_workloads(state)
     local = state.inventory is not None and state.inventory.local_lab is not None
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -96,8 +109,8 @@ def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
                 problems.append(
                     f"{item.nodeid}: workload{workload_mark.args}: one of {', '.join(sorted(known))}"
                 )
-            elif synthetic_image and name != "synthetic":
-                _skip(item, f"workload {name} is not in the guest image (lab-synthetic)")
+            elif image_workloads is not None and name not in image_workloads[1]:
+                _skip(item, f"workload {name} is not in the guest image ({image_workloads[0]})")
         if item.get_closest_marker("destructive") is not None and not (local or state.allow_destructive):
             _skip(item, DESTRUCTIVE_SKIP)
         qemu_mark = item.get_closest_marker("qemu_args")

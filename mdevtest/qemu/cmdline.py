@@ -10,24 +10,51 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Accel = Literal["kvm", "tcg"]
+Control = Literal["uart", "vport", "none"]
+
+#: The virtio-serial port names the guest sees (``/sys/class/virtio-ports/*/name``).
+AGENT_PORT = "org.qemu.guest_agent.0"
+CONTROL_PORT = "org.mdevtest.ctl.0"
+#: The serial of the synthetic workload's DMA pattern disk (``/dev/disk/by-id/virtio-<serial>``).
+PATTERN_SERIAL = "mdt-pattern"
+
+
+@dataclass(frozen=True)
+class DiskAttach:
+    """The guest's own disk on the host: a base image behind a per-machine qcow2 overlay,
+    attached read-only (both hosts' overlays stay identical across a migration)."""
+
+    base: str
+    format: Literal["qcow2", "raw"] = "qcow2"
 
 
 @dataclass(frozen=True)
 class MachineSpec:
-    """What a guest looks like; paths are on the host that runs it."""
+    """What a guest looks like; paths are on the host that runs it.
+
+    Boot: ``kernel`` + ``initrd`` (direct), else the ``disk`` through ``firmware``; a direct
+    boot may still have a disk (its root). ``ovmf_code``/``ovmf_vars`` are the host's UEFI
+    firmware and variable-store template (each machine copies the template).
+    """
 
     name: str
     memory_mib: int
     vcpus: int
-    kernel: str
-    initrd: str
+    kernel: str | None
+    initrd: str | None
     append: str
     accel: Accel = "tcg"
     mac: str = "52:54:00:12:34:56"
     incoming: str | None = None  # "defer" for a migration destination
     extra_args: tuple[str, ...] = field(default_factory=tuple)
-    control_channel: bool = True  # a second UART (ttyS1) for the guest workload's commands
+    control: Control = "uart"  # the probe agent's command channel: ttyS1, a virtio port, none
     pattern_disk: str | None = None  # read-only disk the guest DMAs from (the DMA probe)
+    disk: DiskAttach | None = None
+    firmware: Literal["bios", "uefi"] = "bios"
+    ovmf_code: str = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    ovmf_vars: str = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    agent: bool = False  # a qemu-guest-agent port (org.qemu.guest_agent.0)
+    cloud_init: str | None = None  # a NoCloud seed image on the host, attached read-only
 
     def as_destination(self) -> MachineSpec:
         return replace(self, incoming="defer")
@@ -71,6 +98,34 @@ class MachinePaths:
     def ctl_log(self) -> str:
         return f"{self.root}/ctl.log"
 
+    @property
+    def qga_sock(self) -> str:
+        return f"{self.root}/qga.sock"
+
+    @property
+    def disk_overlay(self) -> str:
+        return f"{self.root}/disk.qcow2"
+
+    @property
+    def ovmf_vars(self) -> str:
+        return f"{self.root}/OVMF_VARS.fd"
+
+
+def prepare_script(spec: MachineSpec, paths: MachinePaths) -> str:
+    """Shell commands (run in the machine's directory, before QEMU starts) that make its own
+    files: the disk overlay over the base image and the UEFI variable store."""
+    from mdevtest.remote import quote_argv
+
+    steps: list[str] = []
+    if spec.disk is not None:
+        steps.append(
+            quote_argv(["qemu-img", "create", "-q", "-f", "qcow2", "-F", spec.disk.format,
+                        "-b", spec.disk.base, paths.disk_overlay])
+        )  # fmt: skip
+    if spec.firmware == "uefi":
+        steps.append(quote_argv(["cp", spec.ovmf_vars, paths.ovmf_vars]))
+    return " && ".join(steps)
+
 
 def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) -> list[str]:
     """The full argument vector. ``tag`` goes into ``-name`` so leftovers are recognisable."""
@@ -84,9 +139,18 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
         "-smp", str(spec.vcpus),
         "-nodefaults",
         "-no-user-config",
-        "-kernel", spec.kernel,
-        "-initrd", spec.initrd,
-        "-append", spec.append,
+    ]  # fmt: skip
+    if spec.firmware == "uefi":
+        argv += [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.ovmf_code}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={paths.ovmf_vars}",
+        ]  # fmt: skip
+    if spec.kernel is not None:
+        argv += ["-kernel", spec.kernel]
+        if spec.initrd is not None:
+            argv += ["-initrd", spec.initrd]
+        argv += ["-append", spec.append]
+    argv += [
         # The stand-in for the vGPU's display in the local lab: an emulated VGA (screendump works).
         "-vga", "std",
         "-display", "none",
@@ -101,16 +165,40 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
         "-pidfile", paths.pidfile,
         *spec.extra_args,
     ]  # fmt: skip
-    if spec.control_channel:
+    # Disks in a fixed order: the guest's own disk is vda, then the pattern disk, then the seed.
+    if spec.disk is not None:
+        argv += [
+            "-drive", f"file={paths.disk_overlay},if=none,id=disk0,format=qcow2,readonly=on",
+            "-device", "virtio-blk-pci,drive=disk0,id=vdisk0,bootindex=0",
+        ]  # fmt: skip
+    if spec.pattern_disk is not None:
+        argv += [
+            "-drive", f"file={spec.pattern_disk},if=none,id=pat0,format=raw,readonly=on",
+            "-device", f"virtio-blk-pci,drive=pat0,id=vpat0,serial={PATTERN_SERIAL}",
+        ]  # fmt: skip
+    if spec.cloud_init is not None:
+        argv += [
+            "-drive", f"file={spec.cloud_init},if=none,id=seed0,format=raw,readonly=on",
+            "-device", "virtio-blk-pci,drive=seed0,id=vseed0",
+        ]  # fmt: skip
+    if spec.agent or spec.control == "vport":
+        argv += ["-device", "virtio-serial-pci,id=vser0"]
+    if spec.agent:
+        argv += [
+            "-chardev", f"socket,id=qga0,path={paths.qga_sock},server=on,wait=off",
+            "-device", f"virtserialport,bus=vser0.0,nr=1,chardev=qga0,name={AGENT_PORT}",
+        ]  # fmt: skip
+    if spec.control == "uart":
         argv += [
             "-chardev",
             f"socket,id=ctl0,path={paths.ctl_sock},server=on,wait=off,logfile={paths.ctl_log}",
             "-device", "isa-serial,chardev=ctl0,index=1",
         ]  # fmt: skip
-    if spec.pattern_disk is not None:
+    elif spec.control == "vport":
         argv += [
-            "-drive", f"file={spec.pattern_disk},if=none,id=pat0,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,drive=pat0",
+            "-chardev",
+            f"socket,id=ctl0,path={paths.ctl_sock},server=on,wait=off,logfile={paths.ctl_log}",
+            "-device", f"virtserialport,bus=vser0.0,nr=2,chardev=ctl0,name={CONTROL_PORT}",
         ]  # fmt: skip
     if spec.incoming is not None:
         argv += ["-incoming", spec.incoming]

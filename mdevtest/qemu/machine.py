@@ -15,9 +15,9 @@ import time
 from types import TracebackType
 from typing import Any
 
-from mdevtest.errors import MachineError, MdevtestError, QmpError, QmpTimedOut
+from mdevtest.errors import CommandFailed, MachineError, MdevtestError, QmpError, QmpTimedOut
 from mdevtest.inventory import Host
-from mdevtest.qemu.cmdline import MachinePaths, MachineSpec, build_argv
+from mdevtest.qemu.cmdline import MachinePaths, MachineSpec, build_argv, prepare_script
 from mdevtest.qemu.qmp import QmpSession
 from mdevtest.remote import Remote, UnixSocketBridge, quote_argv
 
@@ -54,6 +54,7 @@ class RemoteMachine:
         self._initial_params: dict[str, Any] | None = None
         self.reconnects = 0
         self.started_at: float | None = None
+        self.os_info: dict[str, Any] | None = None  # guest-get-osinfo, for an agent's guest
 
     # -- start -----------------------------------------------------------------------------------
 
@@ -64,6 +65,16 @@ class RemoteMachine:
     def start(self, *, timeout: float = 30.0) -> RemoteMachine:
         """Launch QEMU and connect QMP. On failure the QEMU log's tail is in the error."""
         root = shlex.quote(self.paths.root)
+        prepare = prepare_script(self.spec, self.paths)
+        if prepare:
+            try:
+                self.remote.check_shell(f"mkdir -p {root} && cd {root} && {prepare}", timeout=timeout)
+            except CommandFailed as exc:
+                raise MachineError(
+                    f"{self.label}: cannot prepare the machine's disk overlay / UEFI variables: "
+                    f"{exc.stderr.strip()[-500:] or exc}; the host needs qemu-img (qemu-utils) "
+                    "and, for UEFI, the host's ovmf_code/ovmf_vars files (package ovmf)"
+                ) from exc
         script = (
             f"mkdir -p {root} && cd {root} && "
             f"setsid -f {quote_argv(self.argv)} </dev/null >>{shlex.quote(self.paths.qemu_log)} 2>&1"

@@ -353,6 +353,9 @@ class VendorProfile(ABC):
     capture_method: ClassVar[CaptureMethod]
     applicable_checks: ClassVar[frozenset[str]] = ALL_CHECKS
     trouble_patterns: ClassVar[tuple[re.Pattern[str], ...]] = COMMON_TROUBLE
+    guest_display: ClassVar[str | None] = None
+    """The vGPU's PCI ``vendor[:device]`` as the guest sees it, where the probe finds the DRM
+    card of the device under test (None: the vGPU has no display of its own)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"

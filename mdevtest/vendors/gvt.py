@@ -109,6 +109,7 @@ def gvt_type_info(mdev_type: MdevType, profile_name: str = "GVT-g") -> GvtTypeIn
 
 class GvtProfile(VendorProfile):
     name: ClassVar[str] = "gvt"
+    guest_display: ClassVar[str | None] = "8086"  # an Intel display function (PCI vendor 8086)
     capture_method: ClassVar[CaptureMethod] = "vnc"
     type_prefix: ClassVar[str] = "i915-"
     trouble_patterns = (

@@ -94,6 +94,7 @@ def _int(fields: dict[str, str], key: str) -> int | None:
 
 class NvidiaProfile(VendorProfile):
     name: ClassVar[str] = "nvidia"
+    guest_display: ClassVar[str | None] = "10de"  # the NVIDIA vGPU function (PCI vendor 10de)
     capture_method: ClassVar[CaptureMethod] = "vnc"
     trouble_patterns = (
         *COMMON_TROUBLE,

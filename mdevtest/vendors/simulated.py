@@ -41,6 +41,7 @@ class SimulatedTypeInfo(TypeInfo):
 class SimulatedProfile(VendorProfile):
     name: ClassVar[str] = "simulated"
     simulated: ClassVar[bool] = True
+    guest_display: ClassVar[str | None] = "1234:1111"  # the emulated VGA stands in for the vGPU
     type_prefix: ClassVar[str] = "i915-"
     capture_method: ClassVar[CaptureMethod] = "qmp"
 

@@ -40,7 +40,7 @@ import fnmatch
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -525,12 +525,17 @@ def parse_state(reply: str | GuestReply) -> GuestState:
 
 
 def compare_states(
-    before: GuestState, after: GuestState, *, live_irqs: Iterable[str] = LIVE_IRQS
+    before: GuestState,
+    after: GuestState,
+    *,
+    live_irqs: Iterable[str] = LIVE_IRQS,
+    rising: Collection[str] | None = None,
 ) -> list[str]:
     """What changed between two states that a user would call a migration bug, one sentence
     each (empty when nothing did): the display mode, a PCI function appearing, disappearing or
     changing its config space, an interrupt counter going backwards, and a live interrupt (see
-    :data:`LIVE_IRQS`) that stopped arriving."""
+    :data:`LIVE_IRQS`) that stopped arriving. ``rising`` (interrupt keys seen increasing right
+    before the migration) narrows "live" to those: an idle device may stay still."""
     problems = []
     if before.mode != after.mode:
         problems.append(f"display mode changed: {before.mode} -> {after.mode}")
@@ -548,7 +553,9 @@ def compare_states(
             )
     patterns = tuple(live_irqs)
     for key, irq in before.irqs.items():
-        live = any(fnmatch.fnmatchcase(irq.name, p) for p in patterns)
+        live = any(fnmatch.fnmatchcase(irq.name, p) for p in patterns) and (
+            rising is None or key in rising
+        )
         now = after.irqs.get(key)
         if now is None:
             if live:

@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -1747,13 +1748,26 @@ static int ctl_setup(char *ready, size_t len)
         snprintf(ready, len, "ctl=none");
         return -1;
     }
+    if (strncmp(cfg.ctl, "vport:", 6) == 0) {
+        snprintf(ready, len, "ctl=none ctl_reason=no-such-port port=%.40s", cfg.ctl + 6);
+        return -1;
+    }
     const char *name = strrchr(cfg.ctl, '/');
     name = name ? name + 1 : cfg.ctl;
     ctl_fd = open(cfg.ctl, O_RDWR | O_NOCTTY | O_CLOEXEC);
-    struct termios t;
-    if (ctl_fd < 0 || tcgetattr(ctl_fd, &t) < 0) {
+    if (ctl_fd < 0) {
         snprintf(ready, len, "ctl=none ctl_reason=open-failed ctl_errno=%d", errno);
         return -1;
+    }
+    struct termios t;
+    if (tcgetattr(ctl_fd, &t) < 0) {
+        if (errno != ENOTTY) {
+            snprintf(ready, len, "ctl=none ctl_reason=open-failed ctl_errno=%d", errno);
+            return -1;
+        }
+        /* a virtio-serial port: bytes in, bytes out already */
+        snprintf(ready, len, "ctl=%s ctl_kind=vport", name);
+        return 0;
     }
     cfmakeraw(&t); /* no echo, no line editing: bytes in, bytes out */
     t.c_cflag |= CLOCAL | CREAD;
@@ -1779,7 +1793,9 @@ static void ctl_run(void)
         char buf[256];
         ssize_t r = read(ctl_fd, buf, sizeof buf);
         if (r <= 0) {
-            if (r < 0 && errno != EINTR && errno != EAGAIN)
+            if (r == 0) /* a virtio-serial port reads EOF while no one is connected on the host */
+                usleep(20000);
+            else if (errno != EINTR && errno != EAGAIN)
                 usleep(100000);
             continue;
         }
@@ -1874,6 +1890,98 @@ static int disk_block_to_stdout(int argc, char **argv)
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Device names that any Linux guest has, without udev: ctl=vport:NAME is the virtio-serial    */
+/* port of that name, drm=pci:VVVV[:DDDD] the DRM card of the PCI device with those IDs (the   */
+/* device under test, not card0 by index).                                                     */
+
+static int read_sysfs_line(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, len - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+    return 0;
+}
+
+static int resolve_vport(const char *want, char *out, size_t len)
+{
+    DIR *d = opendir("/sys/class/virtio-ports");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    int found = -1;
+    while (found < 0 && (e = readdir(d))) {
+        char path[320], name[128];
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+        if (read_sysfs_line(path, name, sizeof name) == 0 && strcmp(name, want) == 0) {
+            snprintf(out, len, "/dev/%.48s", e->d_name);
+            found = 0;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
+static int resolve_drm_pci(const char *ids, char *out, size_t len)
+{
+    char vendor[16] = "", device[16] = "";
+    sscanf(ids, "%15[0-9a-fA-F]:%15[0-9a-fA-F]", vendor, device);
+    if (!vendor[0])
+        return -1;
+    DIR *d = opendir("/sys/class/drm");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    int found = -1;
+    while (found < 0 && (e = readdir(d))) {
+        char path[320], v[32], dv[32];
+        if (strncmp(e->d_name, "card", 4) != 0 || strchr(e->d_name, '-'))
+            continue;
+        snprintf(path, sizeof path, "/sys/class/drm/%s/device/vendor", e->d_name);
+        if (read_sysfs_line(path, v, sizeof v) < 0 || strcasecmp(v + 2, vendor) != 0)
+            continue;
+        snprintf(path, sizeof path, "/sys/class/drm/%s/device/device", e->d_name);
+        if (device[0] && (read_sysfs_line(path, dv, sizeof dv) < 0 || strcasecmp(dv + 2, device) != 0))
+            continue;
+        snprintf(out, len, "/dev/dri/%.48s", e->d_name);
+        found = 0;
+    }
+    closedir(d);
+    return found;
+}
+
+/* Waits up to fb_wait_ms for the named devices to appear (drivers may still be probing). */
+static void resolve_devices(void)
+{
+    uint64_t deadline = now_ns() + (uint64_t)cfg.fb_wait_ms * 1000000ull;
+    int want_ctl = strncmp(cfg.ctl, "vport:", 6) == 0;
+    int want_drm = strncmp(cfg.drm, "pci:", 4) == 0;
+    char path[STR_OPT_LEN];
+    for (;;) {
+        if (want_ctl && resolve_vport(cfg.ctl + 6, path, sizeof path) == 0) {
+            snprintf(cfg.ctl, sizeof cfg.ctl, "%s", path);
+            want_ctl = 0;
+        }
+        if (want_drm && resolve_drm_pci(cfg.drm + 4, path, sizeof path) == 0) {
+            snprintf(cfg.drm, sizeof cfg.drm, "%s", path);
+            want_drm = 0;
+        }
+        if ((!want_ctl && !want_drm) || now_ns() > deadline)
+            break;
+        usleep(50000);
+    }
+    if (want_drm)
+        emit("MDT-WARN no-drm-card pci=%s", cfg.drm + 4);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--render") == 0)
@@ -1896,6 +2004,7 @@ int main(int argc, char **argv)
         out_fd = fd;
     else
         emit("MDT-WARN console-open-failed path=%s errno=%d", cfg.console, errno);
+    resolve_devices();
     if (!(shm = map_shared(sizeof *shm))) {
         emit("MDT-ERROR task=main reason=no-memory errno=%d", errno);
         return 1;
