@@ -1,10 +1,12 @@
 """Migration under load: each workload runs in the guest across the migration, sampled every second.
 
 One test per workload and pair (``test_migrate_under_load[host-a->host-b-GVTg_V5_4-glmark2]``).
-A workload the guest image does not have is skipped with the reason (on the local lab only
-``synthetic`` runs); one that is present is started, sampled through the migration, stopped and
-parsed. The report gets its results, the samples and the throughput dip at the switchover
-(STOP..RESUME).
+The guest is reached through qemu-guest-agent when its image has one (the desktop image, real
+labs' images), else through its console (the lab's initramfs guest runs only ``synthetic``). A
+workload the guest does not have is skipped with the reason; one that is present is started,
+sampled through the migration, stopped and parsed. The report gets its results, the samples and
+the throughput dip at the switchover (STOP..RESUME). A workload that renders with a software
+renderer (llvmpipe) fails unless the lab's image renders in software by design.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pytest
 from mdevtest.guest import Guest
 from mdevtest.plugin.fixtures import MigrationOutcome
 from mdevtest.report.attach import attach_json
-from mdevtest.workloads.guestexec import ConsoleGuestExec
+from mdevtest.testbed import Testbed
 from mdevtest.workloads.registry import get_workload, known_workloads
 from mdevtest.workloads.sampling import Sampler, dip, switchover_window
 
@@ -26,23 +28,13 @@ WORKLOADS = [
 ]
 
 
-def _console(guest: Guest) -> Callable[[], str]:
-    """The guest's console across its machines, in order (it continues on each destination)."""
-
-    def read() -> str:
-        return "".join(m.serial_log() for m in guest.history)
-
-    return read
-
-
 @allure.feature("workloads")
 @pytest.mark.parametrize("workload_name", WORKLOADS)
 def test_migrate_under_load(
-    workload_name: str, guest: Guest, migrate: Callable[..., MigrationOutcome]
+    workload_name: str, guest: Guest, lab: Testbed, migrate: Callable[..., MigrationOutcome]
 ) -> None:
     workload = get_workload(workload_name)
-    # The lab's guest has only its console; a real lab's images reach their tools via qemu-ga.
-    executor = ConsoleGuestExec(_console(guest), name=guest.label)
+    executor = guest.executor()
     why = workload.present(executor)
     if why is not None:
         pytest.skip(f"{workload_name}: {why}")
@@ -57,9 +49,14 @@ def test_migrate_under_load(
     window = switchover_window(outcome.result.events, outcome.destination.qmp.events)
     result = workload.result(run)
     samples = sampler.samples
-    figures = {"result": result.figures(), "samples": len(samples)}
+    figures = {
+        "result": result.figures(),
+        "samples": [s.to_json() for s in samples],
+        "switchover": list(window) if window is not None else None,
+    }
     if window is not None:
         figures["dip"] = dip(samples, *window).figures()
+    outcome.workload_run = figures  # into summary.json
     attach_json(f"workload {workload_name}", figures)
     assert outcome.result.completed, f"migration status {outcome.result.status}"
     assert [s for s in samples if s.value is not None], f"{workload_name}: no progress sampled"

@@ -6,13 +6,18 @@ runner turns every outcome into a :class:`CheckResult` (passed / failed / skippe
 method) that goes into Allure and into the migration's ``checks`` map in ``summary.json``. A
 product problem is a :class:`~mdevtest.errors.CheckFailed`; an infrastructure problem met while
 checking (SSH, QMP) also fails the check, marked ``infrastructure`` in its values.
+
+:class:`Coverage` is the at-a-glance form of one migration's results: which checks ran, which
+were skipped and why, and which of the run's required checks (``--mdevtest-require-checks``)
+did not run. A required check that did not run fails the test like a failed check does
+(:func:`raise_for_failures`): no coverage is lost without a failure naming why.
 """
 
 from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -153,13 +158,86 @@ def _failure(
     )
 
 
-def failures(results: dict[str, CheckResult]) -> list[CheckResult]:
+def failures(results: Mapping[str, CheckResult]) -> list[CheckResult]:
     return [r for r in results.values() if r.status == "failed"]
 
 
-def raise_for_failures(results: dict[str, CheckResult]) -> None:
-    """One CheckFailed naming every failed check and what differed."""
+#: Why a required check that was not among a migration's checks did not run.
+NOT_CHOSEN = "not among this migration's checks (the test chose its own)"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Which checks of one migration ran (passed or failed: they judged), which were skipped and
+    why, and which required checks did not run (each also in ``skipped``, with its reason)."""
+
+    ran: tuple[str, ...]
+    skipped: Mapping[str, str]
+    required: tuple[str, ...] = ()
+    missing_required: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ran": list(self.ran),
+            "skipped": dict(self.skipped),
+            "required": list(self.required),
+            "missing_required": list(self.missing_required),
+        }
+
+    def problems(self) -> list[str]:
+        """One line per required check that did not run, naming why (what fails the test)."""
+        return [f"required check {n} was skipped: {self.skipped[n]}" for n in self.missing_required]
+
+    def line(self) -> str:
+        """One line for a reader: ``checks skipped: ram-integrity, dma-integrity (why)``, checks
+        that share a reason together; ``all N checks ran`` when none was skipped."""
+        if not self.skipped:
+            return f"all {len(self.ran)} checks ran"
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in self.skipped.items():
+            by_reason.setdefault(reason, []).append(name)
+        groups = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in by_reason.items())
+        text = f"checks skipped: {groups}; ran {len(self.ran)}"
+        if self.missing_required:
+            text += f"; REQUIRED but not run: {', '.join(self.missing_required)}"
+        return text
+
+
+def coverage_of(
+    results: Mapping[str, CheckResult],
+    *,
+    planned: Sequence[str] = (),
+    required: Sequence[str] = (),
+    not_judged: str = "not judged",
+) -> Coverage:
+    """The coverage of one migration: ``results`` are its checks' results, ``planned`` the
+    names of the checks it was to run (one without a result is skipped with ``not_judged``),
+    ``required`` the names that must run."""
+    ran: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in dict.fromkeys([*planned, *results]):
+        result = results.get(name)
+        if result is None:
+            skipped[name] = not_judged
+        elif result.status == "skipped":
+            skipped[name] = result.message or "no reason given"
+        else:
+            ran.append(name)
+    for name in required:
+        if name not in ran:
+            skipped.setdefault(name, NOT_CHOSEN)
+    missing = tuple(n for n in dict.fromkeys(required) if n not in ran)
+    return Coverage(tuple(ran), skipped, tuple(dict.fromkeys(required)), missing)
+
+
+def raise_for_failures(results: Mapping[str, CheckResult], coverage: Coverage | None = None) -> None:
+    """One CheckFailed naming every failed check and what differed, then every required check
+    that did not run and why (with ``coverage``)."""
     __tracebackhide__ = True
-    bad = failures(results)
-    if bad:
-        raise CheckFailed("\n".join(r.message for r in bad))
+    lines = [r.message for r in failures(results)]
+    values: dict[str, object] = {}
+    if coverage is not None and coverage.missing_required:
+        lines += coverage.problems()
+        values["missing_required"] = {n: coverage.skipped[n] for n in coverage.missing_required}
+    if lines:
+        raise CheckFailed("\n".join(lines), values)

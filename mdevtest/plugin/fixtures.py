@@ -22,7 +22,7 @@ from mdevtest.errors import CheckFailed, MdevtestError
 from mdevtest.plugin.hooks import CALL_REPORT, state_of
 
 if TYPE_CHECKING:
-    from mdevtest.checks.base import Check, CheckContext, CheckResult
+    from mdevtest.checks.base import Check, CheckContext, CheckResult, Coverage
     from mdevtest.checks.known_issues import KnownIssue
     from mdevtest.guest import Guest
     from mdevtest.host import HostFacts
@@ -171,12 +171,12 @@ def guest(
                 qemu_mark = request.node.get_closest_marker("qemu_args")
                 machine = lab.start_source(
                     pair,
-                    extra_append=f"mdt.udp={address}:{observer.port}",
+                    probe_options={"udp": f"{address}:{observer.port}"},
                     qemu_args=tuple(qemu_mark.args) if qemu_mark else (),
                 )
             except MdevtestError as exc:
                 pytest.fail(f"boot on {pair.source}: {exc}", pytrace=False)
-        guest = Guest(machine, observer)
+        guest = Guest(machine, observer, has_agent=lab.image().agent)
         try:
             yield guest
         finally:
@@ -206,7 +206,11 @@ def last_outcome(node: pytest.Item) -> MigrationOutcome | None:
 
 @dataclass
 class MigrationOutcome:
-    """A migration made by the ``migrate`` fixture, with its checks' results."""
+    """A migration made by the ``migrate`` fixture, with its checks' results.
+
+    ``planned`` names the checks it was to run, ``required_checks`` those the run requires
+    (``--mdevtest-require-checks``); :meth:`coverage` says which ran and why the others did not.
+    """
 
     pair: HostPair
     source: RemoteMachine
@@ -223,6 +227,11 @@ class MigrationOutcome:
     vgpus: dict[str, VgpuAllocation | None] = field(default_factory=dict)
     known_issue: KnownIssue | None = None  # explains every failed check (set by verify)
     known_issues: str = "xfail"  # --mdevtest-known-issues: what raise_for_checks does with one
+    workload_run: dict[str, Any] | None = None
+    """A workload's figures across this migration (results, samples, dip), set by the test;
+    goes into the summary entry as ``workload_run``."""
+    planned: list[str] = field(default_factory=list)
+    required_checks: tuple[str, ...] = ()
     _pending: list[Check] = field(default_factory=list)
 
     def record_check(self, name: str, status: str, values: dict[str, Any], method: str) -> None:
@@ -240,6 +249,7 @@ class MigrationOutcome:
                 for name, res in self.check_results.items():
                     self.checks[name] = res.to_json()
                 attach_json("checks", self.checks)
+                attach_json("check coverage", self.coverage().to_json())
                 self.known_issue = self._match_known_issue()
                 if self.known_issue is not None:
                     attach_json("known issue", self.known_issue.to_json())
@@ -247,23 +257,48 @@ class MigrationOutcome:
             self._pending = []
         return self.check_results
 
+    def coverage(self) -> Coverage:
+        """Which checks ran, which were skipped and why, which required ones did not run.
+
+        A planned check without a result was not judged: the migration did not complete, or
+        the test asked for ``verify=False`` and never called :meth:`verify`.
+        """
+        from mdevtest.checks.base import coverage_of
+
+        if self.result is None or not self.result.completed:
+            not_judged = "the migration did not complete"
+        elif self._pending:
+            not_judged = "not judged: the test did not call outcome.verify()"
+        else:
+            not_judged = "not judged"
+        return coverage_of(
+            self.check_results,
+            planned=self.planned,
+            required=self.required_checks,
+            not_judged=not_judged,
+        )
+
     def raise_for_checks(self) -> None:
-        """Fail naming every failed check and what differed; an expected failure (xfail) naming
-        the known issue instead when one explains every failed check (--mdevtest-known-issues)."""
+        """Fail naming every failed check and what differed, and every required check that was
+        skipped and why; an expected failure (xfail) naming the known issue instead when one
+        explains every failed check and no required check was skipped (--mdevtest-known-issues)."""
         __tracebackhide__ = True
         from mdevtest.checks.base import raise_for_failures
 
         results = self.verify()
+        coverage = self.coverage()
         issue = self.known_issue
         if issue is None:
-            raise_for_failures(results)
+            raise_for_failures(results, coverage)
             return
-        if self.known_issues == "xfail":
+        if self.known_issues == "xfail" and not coverage.missing_required:
             pytest.xfail(issue.describe())
         try:
             raise_for_failures(results)
         except CheckFailed as exc:
-            raise CheckFailed(f"{exc}\n(matches {issue.describe()})", exc.values) from None
+            lines = [str(exc), f"(matches {issue.describe()})", *coverage.problems()]
+            raise CheckFailed("\n".join(lines), exc.values) from None
+        raise_for_failures({}, coverage)  # nothing failed, yet a required check did not run
 
     def _match_known_issue(self) -> KnownIssue | None:
         from mdevtest.checks.known_issues import match_known_issue
@@ -325,7 +360,7 @@ def migrate(
     from mdevtest.diagnose import diagnose, pin
     from mdevtest.errors import MdevError, MigrationError, classify
     from mdevtest.migration import Migrator
-    from mdevtest.report.allure_meta import history_safe_parameter
+    from mdevtest.report.allure_meta import describe_coverage, history_safe_parameter
     from mdevtest.report.attach import attach_json, attach_migration, attach_text
     from mdevtest.report.summary import SummaryWriter, migration_entry
     from mdevtest.vendors import get_profile
@@ -357,6 +392,8 @@ def migrate(
             destination = lab.start_destination(route, source)
         outcome = MigrationOutcome(route, source, destination, None, ctx, check_results=early)
         outcome.known_issues = str(request.config.getoption("mdevtest_known_issues"))
+        outcome.planned = [c.name for c in chosen]
+        outcome.required_checks = state.required_checks
         outcome.checks_seconds = before_s
         request.node.stash[LAST_OUTCOME] = outcome
         outcome.vgpus = {
@@ -417,20 +454,34 @@ def migrate(
         verdict = "xfailed"
     workload_mark = request.node.get_closest_marker("workload")
     workload = str(workload_mark.args[0]) if workload_mark else _image_workload(lab)
+    if outcomes:  # which checks each migration ran, on the test's page without opening JSON
+        lines = [
+            (f"{o.pair.id} (migration {i}): " if len(outcomes) > 1 else f"{o.pair.id}: ")
+            + o.coverage().line()
+            for i, o in enumerate(outcomes, 1)
+        ]
+        describe_coverage(request.node, lines)
     entries = []
     for outcome in outcomes:
         with contextlib.suppress(MdevtestError):
             attach_text(f"console {outcome.destination.label}", outcome.destination.serial_log())
             attach_text(f"qemu log {outcome.destination.label}", outcome.destination.log_tail(200))
         if outcome.result is not None:
-            entries.append({**_summary_extra(lab, outcome, verdict), "workload": workload})
+            entry = {**_summary_extra(lab, outcome, verdict), "workload": workload}
+            if outcome.workload_run is not None:
+                entry["workload_run"] = outcome.workload_run
+            entries.append(entry)
     for outcome in outcomes:
         lab.release(outcome.destination)
     if state.report_dir is not None:
         writer = SummaryWriter(state.report_dir, state.worker)
         for outcome, extra in zip([o for o in outcomes if o.result is not None], entries, strict=True):
             assert outcome.result is not None
-            writer.add(migration_entry(request.node.nodeid, outcome.result, extra=extra))
+            writer.add(
+                migration_entry(
+                    request.node.nodeid, outcome.result, coverage=outcome.coverage(), extra=extra
+                )
+            )
 
 
 def _discard_destination(lab: Testbed, outcome: MigrationOutcome) -> None:
@@ -448,7 +499,7 @@ def _discard_destination(lab: Testbed, outcome: MigrationOutcome) -> None:
 
 def _image_workload(lab: Testbed) -> str | None:
     """The workload the guest image runs by itself (the labs' images), for the summary."""
-    return {"lab-synthetic": "synthetic", "lab-mtty": "mtty"}.get(lab.inventory.guest.image.kind)
+    return lab.image().workload
 
 
 def _summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class SessionState:
     is_controller: bool
     run_id: str
     allow_destructive: bool
+    required_checks: tuple[str, ...] = ()  # --mdevtest-require-checks
 
 
 STATE = pytest.StashKey[SessionState]()
@@ -128,6 +129,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a migration whose every failed check a known issue explains (docs/reports.md): "
         "an expected failure naming the issue (xfail, the default), or a failure (fail)",
     )
+    group.addoption(
+        "--mdevtest-require-checks",
+        dest="mdevtest_require_checks",
+        metavar="NAMES",
+        default="",
+        help="comma-separated checks every migration must run, e.g. 'ram-integrity,device-state': "
+        "one that is skipped fails the test naming why (default: none required)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -170,6 +179,7 @@ def pytest_configure(config: pytest.Config) -> None:
         is_controller=worker == "main",
         run_id=run_id,
         allow_destructive=bool(config.getoption("mdevtest_allow_destructive")),
+        required_checks=_required_checks(config.getoption("mdevtest_require_checks")),
     )
     config.stash[STATE] = state
     baseline = config.getoption("mdevtest_baseline")
@@ -199,6 +209,24 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+
+
+def _required_checks(option: str | None) -> tuple[str, ...]:
+    """The names of ``--mdevtest-require-checks``, in order, once each; an unknown name is a
+    usage error listing the known ones."""
+    names = tuple(dict.fromkeys(n.strip() for n in (option or "").split(",") if n.strip()))
+    if not names:
+        return ()
+    from mdevtest.checks.standard import known_check_names
+
+    known = known_check_names()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise pytest.UsageError(
+            f"--mdevtest-require-checks: unknown check(s) {', '.join(unknown)}; "
+            f"known checks: {', '.join(known)}"
+        )
+    return names
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -354,20 +382,35 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.section("mdevtest migrations")
     tr.write_line(
         f"{'pair':16} {'vgpu':10} {'workload':10} {'test':40} {'status':10} {'total ms':>9} "
-        f"{'downtime ms':>11} {'verdict':>8}"
+        f"{'downtime ms':>11} {'checks':>6} {'verdict':>8}"
     )
     prefixes = [str(e.get("pair") or "") for e in entries]
     if state.inventory is not None:
         prefixes += [pair_param_id(p) for p in state.inventory.pairs]
+    lost = []
     for e in entries:
         test = _short_test_name(str(e.get("test_id", "")), prefixes)[:40]
         tr.write_line(
             f"{e.get('pair') or '-'!s:16} {_vgpu_label(e.get('vgpu')):10} "
             f"{e.get('workload') or '-'!s:10} {test:40} "
             f"{e.get('status')!s:10} {e.get('total_time_ms')!s:>9} "
-            f"{e.get('downtime_ms')!s:>11} {e.get('verdict')!s:>8}"
+            f"{e.get('downtime_ms')!s:>11} {_checks_ran(e.get('coverage')):>6} {e.get('verdict')!s:>8}"
         )
+        coverage = e.get("coverage") or {}
+        for name in coverage.get("missing_required") or ():
+            why = (coverage.get("skipped") or {}).get(name, "?")
+            lost.append(f"{e.get('test_id')} ({e.get('pair')}): required check {name} skipped: {why}")
+    for line in lost:
+        tr.write_line(line, red=True)
     tr.write_line(f"summary: {path}")
+
+
+def _checks_ran(coverage: object) -> str:
+    """``ran/all`` of a summary entry's checks (``7/9``: two were skipped); ``-`` without."""
+    if not isinstance(coverage, dict):
+        return "-"
+    ran = len(coverage.get("ran") or ())
+    return f"{ran}/{ran + len(coverage.get('skipped') or {})}"
 
 
 def _vgpu_label(vgpu: object) -> str:

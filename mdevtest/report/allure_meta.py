@@ -10,6 +10,9 @@ Allure 2 reads these files from the results directory when it generates the repo
   (:func:`write_executor`);
 - ``history/``: the trends, carried over from the previous report (:func:`copy_history`).
 
+A test's description ends with the check coverage of its migrations (:func:`coverage_description`),
+so a reader sees which checks were skipped, and why, without opening an attachment.
+
 Allure matches a category when the test's status is one of ``matchedStatuses`` and the whole
 status message matches ``messageRegex`` and the whole trace ``traceRegex`` (Java regex, full match,
 ``DOTALL``). Allure 2.46 files a result under the first category it matches (older 2.x releases
@@ -29,6 +32,7 @@ each run a new history id and break the trends, so attach such values with
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -37,7 +41,10 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import pytest
 
 Status = Literal["failed", "broken", "passed", "skipped", "unknown"]
 
@@ -261,6 +268,15 @@ CATEGORIES: tuple[Category, ...] = (
         "product defect",
     ),
     Category(
+        # Last among ours: a test that also failed in another way is filed under that one.
+        "Required check skipped",
+        _FAIL,
+        message_regex=rf"{_CHECK}required check [\w-]+ was skipped: .*",
+        description="a check the run requires (--mdevtest-require-checks) did not run for a "
+        "migration: the guest lacks what it needs, the vendor has no such check, or the test "
+        "chose other checks; the message says why",
+    ),
+    Category(
         # Same name: Allure merges both into one group. An unexpected exception (not one of
         # ours, not an assertion) whose traceback runs through the SSH/QEMU/lab layers.
         _INFRA,
@@ -396,6 +412,37 @@ def history_safe_parameter(name: str, value: object) -> None:
     import allure
 
     allure.dynamic.parameter(name, value, excluded=True)
+
+
+# -- description ---------------------------------------------------------------------------------
+
+
+def allure_description(item: pytest.Item) -> str | None:
+    """The description allure-pytest gives a test: its ``@allure.description`` text, else the
+    test function's docstring."""
+    marker = item.get_closest_marker("allure_description")
+    if marker is not None and marker.args:
+        return str(marker.args[0])
+    doc = getattr(getattr(item, "function", None), "__doc__", None)
+    return doc if isinstance(doc, str) else None
+
+
+def coverage_description(base: str | None, lines: Sequence[str]) -> str:
+    """``base`` (the test's description) followed by a *Check coverage* list, one line per
+    migration (Allure renders descriptions as Markdown)."""
+    parts = [inspect.cleandoc(base)] if base and base.strip() else []
+    parts.append("**Check coverage**\n\n" + "\n".join(f"- {line}" for line in lines))
+    return "\n\n".join(parts)
+
+
+def describe_coverage(item: pytest.Item, lines: Sequence[str]) -> None:
+    """Set the test's Allure description to its own followed by the check coverage ``lines``
+    (allure-pytest keeps one description, so the test's is repeated). No-op when Allure is not
+    recording."""
+    import allure
+
+    text = coverage_description(allure_description(item), lines)
+    allure.dynamic.description(text)  # type: ignore[no-untyped-call]  # unannotated in allure
 
 
 def _write(path: Path, text: str) -> Path:

@@ -1,5 +1,9 @@
 """``reports/summary.json``: one entry per migration, with how every figure was measured.
 
+Every entry has ``coverage``: the checks that ran, those skipped with why, the run's required
+checks (``--mdevtest-require-checks``) and those of them that did not run; ``checks`` has each
+check's full result.
+
 Each test process (each xdist worker) appends its entries to its own JSON-lines fragment under
 ``summary.d/``; the controlling process merges them into ``summary.json`` at the end of the
 session, so parallel workers never write the same file.
@@ -12,19 +16,27 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mdevtest.credentials import mask_data
 from mdevtest.migration import METHODS, MigrationResult
+
+if TYPE_CHECKING:
+    from mdevtest.checks.base import Coverage
 
 FRAGMENTS = "summary.d"
 SUMMARY = "summary.json"
 
 
 def migration_entry(
-    test_id: str, result: MigrationResult, *, extra: dict[str, Any] | None = None
+    test_id: str,
+    result: MigrationResult,
+    *,
+    coverage: Coverage | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The summary entry of one migration (figures are QEMU's; see ``methods``)."""
+    """The summary entry of one migration (figures are QEMU's; see ``methods``); ``coverage``
+    None means no check was run for it (every list empty)."""
     entry: dict[str, Any] = {
         "test_id": test_id,
         "source": result.source,
@@ -34,6 +46,11 @@ def migration_entry(
         "ram_total_bytes": result.ram_total_bytes,
         "error_desc": result.error_desc,
         "methods": dict(METHODS),
+        "coverage": (
+            coverage.to_json()
+            if coverage is not None
+            else {"ran": [], "skipped": {}, "required": [], "missing_required": []}
+        ),
     }
     if extra:
         entry.update(extra)

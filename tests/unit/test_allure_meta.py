@@ -37,7 +37,7 @@ import pytest
 from PIL import Image
 
 from mdevtest import errors
-from mdevtest.checks.base import Check, raise_for_failures, run_after
+from mdevtest.checks.base import Check, Skip, raise_for_failures, run_after
 from mdevtest.checks.standard import DowntimeCheck
 from mdevtest.migration import MigrationResult
 from mdevtest.checks.heartbeat import check_heartbeat_continuity
@@ -161,12 +161,31 @@ class HeartbeatGap(Check):
         return check_heartbeat_continuity(hb(range(1, 101)), hb(range(104, 200))).to_json()
 
 
-def run_checks(*checks, downtime=59, total=764):
-    # the migrate fixture's path: run_after() on the checks, then raise_for_failures()
+def judged(checks, downtime, total):
     ctx = SimpleNamespace(result=migration(downtime, total), limits=LAB.limits, profile=None,
                           guest=SimpleNamespace(observer=None), migrate_started=None,
                           migrate_finished=None, scratch={{}})
-    raise_for_failures(run_after(list(checks), ctx))
+    return ctx.result, run_after(list(checks), ctx)
+
+
+def run_checks(*checks, downtime=59, total=764):
+    # the migrate fixture's path: run_after() on the checks, then raise_for_failures()
+    raise_for_failures(judged(checks, downtime, total)[1])
+
+
+def raise_for_checks(*checks, required, downtime=59, total=764):
+    # MigrationOutcome.raise_for_checks() with --mdevtest-require-checks
+    from mdevtest.plugin.fixtures import MigrationOutcome
+
+    result, results = judged(checks, downtime, total)
+    outcome = MigrationOutcome(SimpleNamespace(id="host-a->host-b"), None, None, result,
+                               check_results=results, planned=[c.name for c in checks],
+                               required_checks=required)
+    outcome.raise_for_checks()
+
+
+NO_PROBE = Skip("no synthetic workload in this guest: its MDT-READY line is another workload's "
+                "(no fb= field)")
 
 
 def test_check_downtime():
@@ -208,6 +227,15 @@ def test_check_hit_an_infrastructure_error():
 def test_checks_several_failures():
     run_checks(DowntimeCheck(), HeartbeatGap(),
                Raises("host-logs", errors.CommandTimedOut("host-b", "dmesg", 30)), downtime=612)
+
+
+def test_required_check_skipped():
+    raise_for_checks(DowntimeCheck(), Raises("ram-integrity", NO_PROBE), required=("ram-integrity",))
+
+
+def test_required_check_skipped_and_downtime_exceeded():
+    raise_for_checks(DowntimeCheck(), Raises("ram-integrity", NO_PROBE), required=("ram-integrity",),
+                     downtime=612)
 
 
 def test_known_issue():
@@ -260,6 +288,11 @@ EXPECTED: dict[str, tuple[str, list[str]]] = {
     "test_checks_several_failures": (
         "broken",
         ["Device-state mismatch", "Downtime exceeded", INFRA],  # Allure files it under the first
+    ),
+    "test_required_check_skipped": ("broken", ["Required check skipped"]),
+    "test_required_check_skipped_and_downtime_exceeded": (
+        "broken",
+        ["Downtime exceeded", "Required check skipped"],  # the real failure first
     ),
     "test_known_issue": ("skipped", ["Known issues"]),
     "test_plain_assertion": ("failed", []),  # Allure's default "Product defects"
@@ -386,6 +419,7 @@ def test_categories_json_is_what_allure_reads(tmp_path: Path) -> None:
         "Preflight failed",
         "Known issues",
         INFRA,
+        "Required check skipped",  # after every failure: it files a test only when nothing failed
         INFRA,  # by traceback; Allure merges categories of the same name
     ]
     for c in doc:

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# imported here, not first inside an in-process pytester run: pytester drops what a run imported,
+# and numpy (under the checks) cannot be imported twice in one process
+from mdevtest.checks.standard import known_check_names
+
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_LAB = REPO / "inventory" / "local-lab.yaml"
 
@@ -205,3 +209,64 @@ def test_pair_ids_carry_the_vgpu_type_as_the_vendor_names_it() -> None:
     ]
     assert pair_param_id(nested.pairs[0]) == "host-a->host-b-mtty-2"
     assert pair_param_id(local.pairs[0].model_copy(update={"vgpu": None})) == "host-a->host-b"
+
+
+def test_unknown_required_check_is_a_usage_error_listing_the_known_ones(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile("def test_migrate(pair):\n    pass\n")
+    result = pytester.runpytest(
+        "--inventory", str(LOCAL_LAB), "--mdevtest-require-checks", "ram-integrity,ram-integrty"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    known = ", ".join(known_check_names())
+    assert f"--mdevtest-require-checks: unknown check(s) ram-integrty; known checks: {known}" in err
+    assert "mtty-device-state" in known  # a vendor's own check can be required too
+    assert "Traceback" not in err + result.stdout.str()
+
+
+def test_required_checks_reach_the_session_state(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        "from mdevtest.plugin.hooks import state_of\n"
+        "def test_required(request):\n"
+        "    assert state_of(request.config).required_checks == ('ram-integrity', 'device-state')\n"
+    )
+    result = pytester.runpytest(
+        "--mdevtest-require-checks",
+        " ram-integrity, device-state,ram-integrity ",
+        "-p",
+        "no:cacheprovider",
+    )
+    result.assert_outcomes(passed=1)
+
+
+SUMMARY_ENTRY_TEST = """
+from mdevtest.plugin.hooks import state_of
+from mdevtest.report.summary import SummaryWriter
+
+def test_entry(request):
+    SummaryWriter(state_of(request.config).report_dir).add({
+        "test_id": "s.py::test_live_migration[host-a->host-b]", "pair": "host-a->host-b",
+        "status": "completed", "verdict": "failed",
+        "coverage": {"ran": ["downtime"], "skipped": {"ram-integrity": "no synthetic workload"},
+                     "required": ["ram-integrity"], "missing_required": ["ram-integrity"]},
+    })
+"""
+
+
+def test_the_migration_table_shows_what_ran_and_names_required_checks_skipped(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(SUMMARY_ENTRY_TEST)
+    reports = pytester.path / "reports"
+    result = pytester.runpytest("--mdevtest-report-dir", str(reports), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*downtime ms checks  verdict",
+            "host-a->host-b *test_live_migration * completed * 1/2 * failed",
+            "s.py::test_live_migration[[]host-a->host-b[]] (host-a->host-b): "
+            "required check ram-integrity skipped: no synthetic workload",
+        ]
+    )
