@@ -340,6 +340,8 @@ class WorkloadDefinition(BaseModel):
 
 #: Output kept per run, in characters; older output is dropped first (``dropped_chars``).
 OUTPUT_LIMIT = 16 * 1024 * 1024
+#: How often :meth:`ProcessWorkload.stop` looks whether a finite benchmark has ended, in seconds.
+FINISH_POLL_S = 1.0
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
@@ -374,6 +376,7 @@ class WorkloadRun:
         self.started = clock()
         self.state: Literal["running", "stopped"] = "running"
         self.exited = False
+        self.killed = False  # stop() had to end it: it had not ended by itself
         self.rc: int | None = None
         self.result_text: str | None = None
         self.dropped_chars = 0
@@ -461,6 +464,18 @@ class Workload(ABC):
     Subclasses set :attr:`driver` (the name definitions use), :attr:`kinds` they can be,
     :attr:`unit` and :attr:`throughput_method` (said in every report), :attr:`options` they
     accept, and implement :meth:`start`, :meth:`sample`, :meth:`stop` and :meth:`parse_results`.
+
+    What a caller may rely on is said by three more class attributes (all in :meth:`describe`):
+
+    - :attr:`progress_readings`: False when the tool prints nothing while it runs (Heaven,
+      3DMark06): its samples say only whether it is alive, none has a value, and there is no
+      dip to measure. A caller asserting "throughput was sampled" asks this first.
+    - :attr:`finite`: a benchmark that ends by itself and reports only at its end; :meth:`stop`
+      waits for that end (bounded by the definition's ``timeout_s`` from the start) before it
+      stops the program, so the results exist.
+    - :attr:`proven`: False when the driver has never been run against the real program (its
+      test fixtures are reconstructed); :attr:`unproven_reason` says what is not known, and
+      every result carries it as ``info["unproven"]``.
     """
 
     driver: ClassVar[str]
@@ -470,6 +485,15 @@ class Workload(ABC):
     options: ClassVar[Mapping[str, str]] = {}
     needs_command: ClassVar[bool] = True
     guest_oses: ClassVar[tuple[GuestOS, ...]] = ("linux",)
+    progress_readings: ClassVar[bool] = True
+    finite: ClassVar[bool] = False
+    proven: ClassVar[bool] = True
+    unproven_reason: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.proven and not cls.unproven_reason:
+            raise TypeError(f"{cls.__name__}: proven = False needs an unproven_reason")
 
     def __init__(self, definition: WorkloadDefinition) -> None:
         self.definition = definition
@@ -524,7 +548,16 @@ class Workload(ABC):
             "command": quote_argv(cmd) if cmd else None,
             "unit": self.unit,
             "throughput_method": self.throughput_method,
+            "progress_readings": self.progress_readings,
+            "finite": self.finite,
+            "proven": self.proven,
+            **({} if self.proven else {"unproven_reason": self.unproven_reason}),
         }
+
+    def caveats(self) -> dict[str, str]:
+        """What a result of this driver must say about itself: ``unproven`` when the driver was
+        never run against the real program (merged into :attr:`WorkloadResult.info`)."""
+        return {} if self.proven else {"unproven": self.unproven_reason}
 
     # -- presence and installation ----------------------------------------------------------------
 
@@ -601,7 +634,10 @@ class Workload(ABC):
 
     @abstractmethod
     def stop(self, run: WorkloadRun) -> None:
-        """Stop the run (soft, then hard), collect its last output and result file. Idempotent."""
+        """Stop the run (soft, then hard), collect its last output and result file. Idempotent.
+
+        A :attr:`finite` benchmark is first given until ``timeout_s`` after its start to end by
+        itself; ``run.killed`` says whether it had to be stopped."""
 
     @abstractmethod
     def parse_results(self, text: str) -> WorkloadResult:
@@ -661,7 +697,8 @@ class ProcessWorkload(Workload):
 
     :meth:`start` spawns :meth:`WorkloadDefinition.argv`; :meth:`sample` reads the new output,
     takes the newest line :meth:`parse_progress` understands and makes a :class:`Sample`;
-    :meth:`stop` kills the process, reads what it wrote last and the result file, if any.
+    :meth:`stop` waits for a :attr:`finite` one to end (reading its output meanwhile), kills the
+    process if it still runs, reads what it wrote last and the result file, if any.
     """
 
     @abstractmethod
@@ -694,8 +731,16 @@ class ProcessWorkload(Workload):
         assert run.process is not None
         guest, proc = run.guest, run.process
         try:
+            if self.finite and not run.exited:
+                try:
+                    self._await_end(run)
+                except BaseException:  # interrupted or unreachable while waiting: leave nothing
+                    run.killed = True
+                    guest.kill(proc)
+                    raise
             if not run.exited:
                 guest.kill(proc)
+                run.killed = True
             out = guest.read_output(proc)
             run.feed(out.text)
             run.flush()
@@ -705,6 +750,22 @@ class ProcessWorkload(Workload):
         finally:
             run.state = "stopped"
             guest.release(proc)
+
+    def _await_end(self, run: WorkloadRun) -> None:
+        """Read the output until the process ends by itself, or until the run is ``timeout_s``
+        old (the bound of a finite run)."""
+        assert run.process is not None
+        deadline = run.started + self.definition.timeout_s
+        while True:
+            out = run.guest.read_output(run.process)
+            run.feed(out.text)
+            if out.exited:
+                run.exited, run.rc = True, out.rc
+                return
+            remaining = deadline - run.clock()
+            if remaining <= 0:
+                return
+            time.sleep(min(FINISH_POLL_S, remaining))
 
 
 def decode_text(data: bytes) -> str:

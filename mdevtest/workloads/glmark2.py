@@ -1,25 +1,37 @@
 """glmark2, the OpenGL 2.0 / ES 2.0 benchmark (https://github.com/glmark2/glmark2).
 
-What it prints (glmark2 2021.02 and 2023.01, the releases Debian and Ubuntu ship)::
+What it prints, as captured from glmark2 2023.01 (Debian 13 ``glmark2-x11``) on Mesa llvmpipe
+(``tests/unit/data/workloads/glmark2-*.txt``)::
 
+    ATTENTION: default value of option vblank_mode overridden by environment.
+    ** GLX does not support GLX_EXT_swap_control or GLX_MESA_swap_control!
+    ** Failed to set swap interval. Results may be bounded above by refresh rate.
     =======================================================
         glmark2 2023.01
     =======================================================
         OpenGL Information
-        GL_VENDOR:      Intel
-        GL_RENDERER:    Mesa Intel(R) UHD Graphics 630 (CFL GT2)
-        ...
+        GL_VENDOR:      Mesa
+        GL_RENDERER:    llvmpipe (LLVM 19.1.7, 256 bits)
+        GL_VERSION:     4.5 (Compatibility Profile) Mesa 25.0.7-2+deb13u1
+        Surface Config: buf=32 r=8 g=8 b=8 a=8 depth=24 stencil=0 samples=0
+        Surface Size:   1280x720 windowed
     =======================================================
-    [build] use-vbo=false: FPS: 1843 FrameTime: 0.543 ms
-    [texture] texture-filter=nearest: FPS: 2110 FrameTime: 0.474 ms
+    [build] duration=1.0:use-vbo=true: FPS: 388 FrameTime: 2.583 ms
     =======================================================
-                                      glmark2 Score: 1672
+                                      glmark2 Score: 387
     =======================================================
 
 One line per finished scene (each runs its ``duration``, 10 s unless the benchmark says
-otherwise); the score, the mean of the scene FPS, only after a finite run. During a migration the
-definition runs one short scene ``--run-forever``, so a scene line, and a throughput reading,
-arrives about once a second.
+otherwise), its options in alphabetical order, those given with ``-b`` included. glmark2 writes
+the scene's name when the scene starts and the rest of the line when it ends, so a run stopped
+mid-scene ends with a partial line (``[build] duration=1.0:use-vbo=true:``). The two ``**``
+lines (stderr) come before every scene where the GLX driver has no swap control (llvmpipe on
+Xvfb). The score, glmark2's mean of the scenes' FPS (not always the mean of the rounded FPS
+printed), only after a finite run. During a migration the definition runs one short scene
+``--run-forever``, so a scene line, and a throughput reading, arrives about once a second.
+
+The result keeps ``GL_RENDERER`` (``info["renderer"]``): :func:`renderer_problem` says when a
+run that should have used the GPU rendered in software.
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ import statistics
 
 from mdevtest.workloads.base import Phase, ProcessWorkload, Reading, ResultParseError, WorkloadResult
 
+__all__ = ["Glmark2Workload", "parse_scene", "renderer_problem"]
+
 _SCENE = re.compile(
     r"\[(?P<scene>[^\]]+)\]\s+(?P<options>.*?):\s+FPS:\s+(?P<fps>\d+(?:\.\d+)?)"
     r"(?:\s+FrameTime:\s+(?P<ft>\d+(?:\.\d+)?)\s*ms)?\s*"
@@ -36,6 +50,9 @@ _SCENE = re.compile(
 _SCORE = re.compile(r"\s*glmark2 Score:\s*(?P<score>\d+(?:\.\d+)?)\s*")
 _INFO = re.compile(r"\s*(?P<key>GL_VENDOR|GL_RENDERER|GL_VERSION|Surface Size):\s+(?P<value>.*?)\s*")
 _VERSION = re.compile(r"\s*glmark2 (?P<version>\d[\w.]*)\s*")
+# Mesa's software rasterisers (llvmpipe, softpipe, the classic swrast) and any renderer that
+# calls itself software (e.g. "Software Rasterizer").
+_SOFTWARE = re.compile(r"llvmpipe|softpipe|swrast|software", re.IGNORECASE)
 
 
 def parse_scene(line: str) -> Phase | None:
@@ -45,6 +62,31 @@ def parse_scene(line: str) -> Phase | None:
         return None
     extra = {"frame_time_ms": float(m["ft"])} if m["ft"] else {}
     return Phase(name=f"[{m['scene']}] {m['options']}", value=float(m["fps"]), unit="fps", extra=extra)
+
+
+def renderer_problem(result: WorkloadResult, expect_software: bool) -> str | None:
+    """Why the renderer of a glmark2 run does not fit what was expected, or None.
+
+    With ``expect_software`` False (a vGPU guest), a run whose ``GL_RENDERER`` is a software
+    rasteriser measured the CPU, not the GPU: that is a message, and so is a result without a
+    renderer (it cannot be told). With ``expect_software`` True (the lab's llvmpipe guest)
+    any renderer is fine.
+    """
+    if expect_software:
+        return None
+    renderer = result.info.get("renderer")
+    if renderer is None:
+        return (
+            f"{result.workload}: glmark2 printed no GL_RENDERER, so whether it rendered on the "
+            "GPU cannot be told"
+        )
+    if _SOFTWARE.search(renderer):
+        return (
+            f"{result.workload}: rendered in software (GL_RENDERER {renderer!r}) where a GPU was "
+            "expected: the figures are the CPU's; check the guest's Mesa driver for the vGPU "
+            "(/dev/dri/renderD128, `glxinfo -B`) and the X server's driver"
+        )
+    return None
 
 
 class Glmark2Workload(ProcessWorkload):

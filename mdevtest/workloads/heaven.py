@@ -15,7 +15,10 @@ the same in Heaven 4.0 and Valley 1.0)::
     Score:	670.082
 
 The HTML report of the launcher's GUI runs is not read. Heaven prints no progress while it
-runs, so its samples only say whether it is still running.
+runs, so its samples only say whether it is still running (``progress_readings = False``), and
+it prints the block only when its pass ends: it is a ``finite`` benchmark, whose ``stop()`` waits
+for that end (bounded by the definition's ``timeout_s`` from the start) instead of killing it
+first. Unproven: no real Heaven output was ever captured for its tests (see ``unproven_reason``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,16 @@ class HeavenWorkload(ProcessWorkload):
     throughput_method = (
         "none while running (Heaven prints no progress; samples only say whether it runs); "
         "FPS, min/max FPS and score from its result block at the end"
+    )
+    progress_readings = False
+    finite = True
+    proven = False
+    unproven_reason = (
+        "Heaven 4.0's output was never captured from a real run (Unigine's licence keeps it out "
+        "of the lab images): the 'Benchmark results:' block this driver parses is reconstructed "
+        "from the layout Unigine engine benchmarks print, and that -extern_define PHORONIX makes "
+        "it run one pass, print the block and exit is taken from how the Phoronix Test Suite "
+        "runs it, not verified"
     )
 
     def parse_progress(self, line: str) -> Reading | None:
@@ -66,5 +79,6 @@ class HeavenWorkload(ProcessWorkload):
             fps_max=fields.get("Max FPS"),
             frames=int(frames) if frames is not None else None,
             duration_s=fields.get("Time"),
+            info=self.caveats(),
             raw=text,
         )

@@ -1,10 +1,14 @@
-"""Hardware video decode and encode: ffmpeg with VA-API, GStreamer with VA-API or QSV.
+"""Video decode and encode: ffmpeg in software or with VA-API, GStreamer in software
+(avdec_h264), with VA-API or with QSV.
 
 **ffmpeg** prints its progress on stderr as one line rewritten with ``\\r`` every
-``-stats_period`` seconds (newer releases append ``elapsed=``), and the same line once more,
-with ``Lsize=``, when it ends (also on SIGTERM: "Exiting normally, received signal 15")::
+``-stats_period`` seconds, and the same line once more, with ``Lsize=``, when it ends (also on
+SIGTERM: "Exiting normally, received signal 15"); as captured from ffmpeg 7.1 (Debian 13)::
 
-    frame= 1234 fps=245 q=-0.0 size=N/A time=00:00:41.13 bitrate=N/A speed=8.19x
+    frame=  378 fps=377 q=-0.0 size=N/A time=00:00:12.60 bitrate=N/A speed=12.6x
+
+``fps=`` is 0.0 during the first second. ``dup=``, ``drop=`` and ``elapsed=`` are read when a line
+has them (none of the captured 7.1 runs printed them).
 
 ``frame=`` counts frames since the start (``-stream_loop -1`` keeps counting), ``fps=`` is the
 average since the start, so the throughput is the increase of ``frame`` between two samples
@@ -13,11 +17,13 @@ over the controller time between them.
 **gst-launch-1.0 -v** prints every change of ``fpsdisplaysink``'s ``last-message``, once per
 ``fps-update-interval`` (gst-plugins-bad ``gstfpsdisplaysink.c``)::
 
-    /GstPipeline:pipeline0/GstFPSDisplaySink:fpsdisplaysink0: last-message = rendered: 1500, \
-        dropped: 0, current: 59.94, average: 59.90
+    /GstPipeline:pipeline0/GstFPSDisplaySink:fpsdisplaysink0: last-message = rendered: 1130, \
+        dropped: 0, current: 573.87, average: 564.45
 
-(one line, wrapped here) or, once frames were dropped, ``... dropped: 3, fps: 58.20, drop rate:
-1.20``. The throughput is the sink's ``current`` (``fps``) rate of the last interval.
+(one line, wrapped here; captured from GStreamer 1.26) or, once frames were dropped, ``...
+dropped: 3, fps: 58.20, drop rate: 1.20`` (that form is from the source, not captured). The
+throughput is the sink's ``current`` (``fps``) rate of the last interval. gst-launch dies on
+SIGTERM without a last message.
 """
 
 from __future__ import annotations

@@ -79,6 +79,30 @@ class Sampler:
         with self._lock:
             return tuple(self._samples)
 
+    def wait_readings(self, count: int, *, timeout: float, poll_s: float = 0.2) -> float:
+        """Block until ``count`` samples carry a value (the workload is past its start-up and
+        reporting steadily, so a migration has a baseline to compare with); return the seconds
+        waited. Raises :class:`WorkloadError` after ``timeout`` naming the last sample, or
+        re-raises what broke the sampling thread."""
+        started = self._clock()
+        while True:
+            if self._failure is not None:
+                self.stop()
+            samples = self.samples
+            if sum(1 for s in samples if s.value is not None) >= count:
+                return self._clock() - started
+            if self._clock() - started > timeout:
+                last = samples[-1] if samples else None
+                detail = "no sample yet" if last is None else (
+                    last.error or last.detail or f"alive={last.alive}, no reading"
+                )
+                raise WorkloadError(
+                    f"{self.workload.name}: fewer than {count} throughput readings within "
+                    f"{timeout:g} s of sampling (last: {detail}); it is still starting up or "
+                    "prints no progress"
+                )
+            time.sleep(poll_s)
+
     def start(self) -> Sampler:
         if self._thread is not None:
             raise StateError(f"{self!r} was already started; a Sampler is used once")

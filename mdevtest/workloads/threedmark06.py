@@ -25,7 +25,16 @@ labels 3DMark06 prints; how a lab exports them to ``result_file`` is up to the i
 
 Label and value may be separated by spaces, tabs or a colon. The binary ``.3dr`` project file is
 not parsed (its layout is not documented). 3DMark06 prints nothing while it runs, so samples
-only say whether it is running.
+only say whether it is running (``progress_readings = False``).
+
+**Unproven** (``proven = False``): 3DMark06 itself does not write ``result_file``; no documented
+option that exports the Result Details as text was found, so the guest image must produce that
+file by its own means, and the driver has never run against a real 3DMark06 (see
+``unproven_reason``; every result says so in ``info["unproven"]``). It is a ``finite``
+benchmark: ``stop()`` waits for 3DMark06.exe to end by itself, bounded by the definition's
+``timeout_s`` from the start, before it closes it; whether 3DMark06 exits by itself after a
+command-line run is not documented either (automation that runs it under Wine waits for it to
+return), so an image where it does not costs that whole bound.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import ClassVar
 
 from mdevtest.errors import CommandFailed, MdevtestError
 from mdevtest.remote import quote_argv
+from mdevtest.workloads import base
 from mdevtest.workloads.base import (
     GuestExec,
     Phase,
@@ -89,6 +99,17 @@ class ThreeDMark06Workload(Workload):
     options: ClassVar[Mapping[str, str]] = {
         "task": "the guest's scheduled task that runs `command` in the user's session"
     }
+    progress_readings = False
+    finite = True
+    proven = False
+    unproven_reason = (
+        "3DMark06 does not write result_file: the file named last on its command line is a "
+        ".3dr project (binary, layout not documented), and no documented option that exports "
+        "the Result Details as text was found (automation seen elsewhere greps '(n fps)' from "
+        "log*.html files that -verbose leaves in its folder; not verified). The image must "
+        "produce result_file itself; its format here is reconstructed from the labels of the "
+        "Result Details dialog, and the driver has never run against a real 3DMark06"
+    )
 
     @classmethod
     def validate_definition(cls, definition: WorkloadDefinition) -> list[str]:
@@ -164,7 +185,16 @@ class ThreeDMark06Workload(Workload):
             return
         guest = run.guest
         try:
-            if self._running(guest):
+            running = self._running(guest)
+            if running and self.finite:
+                try:
+                    running = self._await_end(run)
+                except BaseException:  # interrupted or unreachable while waiting: leave nothing
+                    run.killed = True
+                    guest.run(["taskkill", "/IM", self.image, "/T", "/F"], timeout=30)
+                    raise
+            if running:
+                run.killed = True
                 guest.run(["taskkill", "/IM", self.image, "/T"], timeout=30)  # asks the window to close
                 deadline = time.monotonic() + _CLOSE_GRACE_S
                 while self._running(guest) and time.monotonic() < deadline:
@@ -179,6 +209,15 @@ class ThreeDMark06Workload(Workload):
                 run.result_text = None  # no result file: stopped before 3DMark06 wrote one
         finally:
             run.state = "stopped"
+
+    def _await_end(self, run: WorkloadRun) -> bool:
+        """Wait until 3DMark06.exe is gone or the run is ``timeout_s`` old; whether it still runs."""
+        deadline = run.started + self.definition.timeout_s
+        while (remaining := deadline - run.clock()) > 0:
+            time.sleep(min(base.FINISH_POLL_S, remaining))
+            if not self._running(run.guest):
+                return False
+        return True
 
     def parse_results(self, text: str) -> WorkloadResult:
         values: dict[str, float] = {}
@@ -204,5 +243,6 @@ class ThreeDMark06Workload(Workload):
             fps_max=max(graphics) if graphics else None,
             phases=tuple(phases),
             values=values,
+            info=self.caveats(),
             raw=text,
         )

@@ -4,11 +4,16 @@ x11perf prints one line per repetition of a test, and with ``-repeat`` > 1 one a
 (``trep``) once all repetitions of the test are done; the format is ``ReportTimes()`` in
 ``x11perf.c`` (``%7d reps @ %8.4f msec (%8.1f/sec): %s``)::
 
-      68100 reps @   0.0147 msec ( 68100.0/sec): 500x500 rectangle
-     340500 trep @   0.0147 msec ( 68100.0/sec): 500x500 rectangle
+      40000 reps @   0.0277 msec ( 36100.0/sec): 500x500 rectangle
+      40000 reps @   0.0269 msec ( 37200.0/sec): 500x500 rectangle
+      40000 reps @   0.0253 msec ( 39500.0/sec): 500x500 rectangle
+     120000 trep @   0.0266 msec ( 37500.0/sec): 500x500 rectangle
 
 With ``-time 1`` each repetition lasts about a second, so during a migration the definition
-repeats one test many times and every line is a throughput reading (objects per second).
+repeats one test many times and every line is a throughput reading (objects per second). As
+captured from x11perf 1.6.1 (Debian 13 ``x11-apps``) on Xvfb, the first line comes only after a
+header (server, host, date, "Sync time adjustment") and a calibration of several seconds; the
+rate has three significant digits; SIGTERM ends it without an average line.
 """
 
 from __future__ import annotations
