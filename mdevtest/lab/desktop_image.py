@@ -114,9 +114,10 @@ MEDIA_CLIPS: Mapping[str, tuple[str, ...]] = {
 ANNEX_B_CLIP = "/opt/mdt/media/in-720p-h264.h264"
 
 #: Kernel command line of the loader entry (root is the second GPT partition, read-only).
+#: ``iomem=relaxed`` lets the probe map the display's BAR for the device-memory check.
 APPEND = (
     "root=/dev/vda2 ro rootfstype=ext4 init=/sbin/mdt-init console=ttyS0,115200 "
-    "net.ifnames=0 fsck.mode=skip panic=-1"
+    "net.ifnames=0 fsck.mode=skip panic=-1 iomem=relaxed"
 )
 
 #: Modules the initramfs needs to mount the root disk.
@@ -201,7 +202,19 @@ class _Builder:
                 if installed:
                     self.progress(f"installed on the controller: {' '.join(installed)}")
                 image = self._build(description, digest, local_key, mirror, sources)
+                self._prune(keep=digest)
         return image
+
+    def _prune(self, keep: str) -> None:
+        """Older builds go once a new one is in place (each is over 1 GiB); the newest older one
+        stays, for a mirror that is briefly unreachable."""
+        older = sorted(
+            (p for p in self.cache.glob("*/manifest.json") if p.parent.name != keep),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for manifest in older[:-1]:
+            self.progress(f"removing the older desktop image {manifest.parent}")
+            _remove_tree(manifest.parent)
 
     def _description(
         self, mirror: str, sources: Mapping[str, bytes], release: Mapping[str, str] | None

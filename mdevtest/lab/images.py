@@ -7,8 +7,8 @@ at collection time, without building anything, which workloads it certainly carr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from mdevtest.guest.image import BootImage
 from mdevtest.inventory import LabImage
@@ -29,6 +29,14 @@ class LabImageKind:
     workloads: frozenset[str] | None
     """The workloads it carries for sure; None: present() asks the guest."""
     build: Callable[[LabImage, Progress], BootImage]
+    lacks: Mapping[str, str] = field(default_factory=dict)
+    """Why a workload it does not carry cannot exist in it (the skip reason)."""
+
+    def why_not(self, workload: str) -> str | None:
+        """None when the image carries ``workload``; else why not, for the skip."""
+        if self.workloads is None or workload in self.workloads:
+            return None
+        return self.lacks.get(workload, f"workload {workload} is not in the guest image ({self.kind})")
 
 
 def _synthetic(_spec: LabImage, progress: Progress) -> BootImage:
@@ -83,6 +91,22 @@ def _desktop(spec: LabImage, progress: Progress) -> BootImage:
     )
 
 
+_NO_VIDEO_HARDWARE = (
+    "needs a GPU's video engine ({api}); the lab's desktop image decodes and renders in software "
+    "(its software-codec twins run instead)"
+)
+_DESKTOP_LACKS: dict[str, str] = {
+    "heaven": "Unigine Heaven's licence does not allow mdevtest to put it in an image; unpack "
+    "Unigine_Heaven-4.0.run into /opt of your own image (docs/workloads.md)",
+    "3dmark06": "3DMark06 needs a Windows guest with qemu-guest-agent (docs/workloads.md)",
+    "ffmpeg-vaapi-decode": _NO_VIDEO_HARDWARE.format(api="VA-API"),
+    "ffmpeg-vaapi-encode": _NO_VIDEO_HARDWARE.format(api="VA-API"),
+    "gst-vaapi-decode": _NO_VIDEO_HARDWARE.format(api="VA-API"),
+    "gst-qsv-decode": _NO_VIDEO_HARDWARE.format(api="Intel QSV"),
+    "synthetic": "the synthetic workload is the lab-synthetic image's own (read from its console); "
+    "here its program runs as the probe agent behind the checks",
+}
+
 LAB_IMAGES: dict[str, LabImageKind] = {
     "lab-synthetic": LabImageKind(
         "lab-synthetic",
@@ -100,8 +124,9 @@ LAB_IMAGES: dict[str, LabImageKind] = {
         "lab-desktop",
         "Debian disk image: X (Xvfb), Mesa llvmpipe, glmark2, x11perf, ffmpeg, GStreamer, "
         "qemu-guest-agent; the probe agent is deployed at boot",
-        None,
+        frozenset({"glmark2", "x11perf", "ffmpeg-sw-decode", "ffmpeg-sw-encode", "gst-sw-decode"}),
         _desktop,
+        _DESKTOP_LACKS,
     ),
 }
 

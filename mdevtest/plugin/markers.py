@@ -4,6 +4,7 @@ turned into skips where a pair cannot run the test, and into xdist groups by hos
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -76,8 +77,9 @@ def _check_pair_requirements(item: pytest.Item, pair: HostPair | None, vendors: 
     return problems
 
 
-def _image_workloads(state: SessionState) -> tuple[str, frozenset[str]] | None:
-    """The lab image's kind and the workloads it certainly carries (None: ask the guest)."""
+def _image_workloads(state: SessionState) -> Callable[[str], str | None] | None:
+    """For a lab image: why a workload cannot run in it (None: it can); None for other images,
+    whose guests are asked when the test runs."""
     from mdevtest.inventory import LabImage
 
     image = state.inventory.guest.image if state.inventory is not None else None
@@ -85,8 +87,7 @@ def _image_workloads(state: SessionState) -> tuple[str, frozenset[str]] | None:
         return None
     from mdevtest.lab.images import lab_image
 
-    known = lab_image(image.kind).workloads
-    return None if known is None else (image.kind, known)
+    return lab_image(image.kind).why_not
 
 
 def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
@@ -109,8 +110,8 @@ def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
                 problems.append(
                     f"{item.nodeid}: workload{workload_mark.args}: one of {', '.join(sorted(known))}"
                 )
-            elif image_workloads is not None and name not in image_workloads[1]:
-                _skip(item, f"workload {name} is not in the guest image ({image_workloads[0]})")
+            elif image_workloads is not None and (why := image_workloads(name)) is not None:
+                _skip(item, why)
         if item.get_closest_marker("destructive") is not None and not (local or state.allow_destructive):
             _skip(item, DESTRUCTIVE_SKIP)
         qemu_mark = item.get_closest_marker("qemu_args")
