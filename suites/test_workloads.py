@@ -19,8 +19,10 @@ import pytest
 
 from mdevtest.guest import Guest
 from mdevtest.plugin.fixtures import MigrationOutcome
-from mdevtest.report.attach import attach_json
+from mdevtest.report.attach import attach_json, attach_png
+from mdevtest.report.plot import throughput_png
 from mdevtest.testbed import Testbed
+from mdevtest.workloads.glmark2 import renderer_problem
 from mdevtest.workloads.registry import get_workload, known_workloads
 from mdevtest.workloads.sampling import Sampler, dip, switchover_window
 
@@ -72,6 +74,18 @@ def test_migrate_under_load(
         figures["dip"] = dip(samples, *window).figures()
     outcome.workload_run = figures  # into summary.json
     attach_json(f"workload {workload_name}", figures)
+    attach_png(
+        f"throughput {workload_name}",
+        throughput_png(
+            [(s.t, s.value) for s in samples],
+            switchover=window,
+            unit=workload.unit,
+            title=f"{workload_name} across {outcome.pair.id}",
+        ),
+    )
+    renderer = renderer_problem(result, expect_software=lab.image().software_rendering)
+    if workload_name == "glmark2" and renderer is not None:
+        pytest.fail(f"glmark2: {renderer}", pytrace=False)
     assert outcome.result.completed, f"migration status {outcome.result.status}"
     if workload.progress_readings:
         assert [s for s in samples if s.value is not None], f"{workload_name}: no progress sampled"

@@ -117,6 +117,77 @@ def timeline_png(
     return out.getvalue()
 
 
+def throughput_png(
+    samples: Sequence[tuple[float, float | None]],
+    *,
+    switchover: tuple[float, float] | None,
+    unit: str,
+    title: str,
+    size: tuple[int, int] = (960, 400),
+) -> bytes:
+    """The PNG of a workload's throughput across a migration: ``samples`` are ``(t, value)``
+    on one clock (value None: no reading, drawn as a break), ``switchover`` the STOP..RESUME
+    window on that clock, shaded. Time is shown in s since the first sample."""
+    width, height = size
+    img = Image.new("RGB", size, _BG)
+    draw = ImageDraw.Draw(img)
+    font, small = _font(13), _font(11)
+    left, right, top, bottom = 78, width - 30, 50, height - 48
+    draw.text((left, 10), title, fill=_FG, font=_font(15))
+    t0 = samples[0][0] if samples else 0.0
+    points = [(t - t0, v) for t, v in samples]
+    t_max = max([t for t, _ in points] + [((switchover[1] - t0) if switchover else 0.0), 1.0])
+    x_ticks = _nice_ticks(t_max)
+    y_ticks = _nice_ticks(max((v for _, v in points if v is not None), default=0.0))
+
+    def x_of(t: float) -> float:
+        return left + (right - left) * t / x_ticks[-1]
+
+    def y_of(v: float) -> float:
+        return bottom - (bottom - top) * v / y_ticks[-1]
+
+    if switchover is not None:
+        x0, x1 = x_of(max(switchover[0] - t0, 0.0)), x_of(switchover[1] - t0)
+        x1 = max(x1, x0 + 2)
+        draw.rectangle((x0, top, x1, bottom), fill=_DOWN)
+        label = f"switchover {(switchover[1] - switchover[0]) * 1000:.0f} ms"
+        draw.text((min(x1 + 4, right - draw.textlength(label, font=small)), top + 4), label,
+                  fill=_DOWN_EDGE, font=small)  # fmt: skip
+    for v in y_ticks:
+        y = y_of(v)
+        draw.line((left, y, right, y), fill=_GRID)
+        _text_right(draw, (left - 6, y), _num(v), _FG, small)
+    for t in x_ticks:
+        x = x_of(t)
+        draw.line((x, bottom, x, bottom + 4), fill=_FG)
+        draw.text((x - draw.textlength(_num(t), font=small) / 2, bottom + 6), _num(t), fill=_FG,
+                  font=small)  # fmt: skip
+    draw.line((left, top, left, bottom), fill=_FG)
+    draw.line((left, bottom, right, bottom), fill=_FG)
+    xlabel = "time (s)"
+    draw.text(((left + right - draw.textlength(xlabel, font=font)) / 2, bottom + 24), xlabel,
+              fill=_FG, font=font)  # fmt: skip
+    draw.text((8, top - 20), unit, fill=_RAM, font=font)
+    run: list[tuple[float, float]] = []
+    ended: list[tuple[float, float | None]] = [*points, (t_max, None)]
+    for when, value in ended:
+        if value is None:
+            if len(run) > 1:
+                draw.line(run, fill=_RAM, width=2)
+            run = []
+            continue
+        xy = (x_of(when), y_of(value))
+        run.append(xy)
+        draw.ellipse((xy[0] - 2, xy[1] - 2, xy[0] + 2, xy[1] + 2), fill=_RAM)
+    if not any(v is not None for _, v in points):
+        msg = "no throughput readings"
+        draw.text(((left + right - draw.textlength(msg, font=font)) / 2, (top + bottom) / 2), msg,
+                  fill=_FG, font=font)  # fmt: skip
+    out = io.BytesIO()
+    img.save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
 def downtime_window(
     events: Sequence[QmpEvent | Mapping[str, Any]],
     downtime_ms: float | None,

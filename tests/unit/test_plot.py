@@ -142,3 +142,21 @@ def test_nice_ticks() -> None:
     assert _nice_ticks(1073.9) == [0, 250, 500, 750, 1000, 1250]
     assert _nice_ticks(0) == [0.0, 1.0]
     assert _nice_ticks(float("nan")) == [0.0, 1.0]
+
+
+def test_throughput_plot_shades_the_switchover_and_breaks_at_gaps() -> None:
+    import io
+
+    from PIL import Image
+
+    from mdevtest.report.plot import throughput_png
+
+    samples = [(100.0 + i, None if 10 <= i < 13 else 50.0) for i in range(30)]
+    png = throughput_png(samples, switchover=(110.2, 110.25), unit="fps", title="glmark2")
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    assert img.size == (960, 400)
+    # the shaded switchover (light red) is drawn at ~10.2 s of the 30 s axis
+    x = round(78 + (960 - 30 - 78) * 10.22 / 30)
+    assert img.getpixel((x, 200)) == (250, 205, 205)
+    empty = throughput_png([(0.0, None)], switchover=None, unit="fps", title="none")
+    assert Image.open(io.BytesIO(empty)).size == (960, 400)
