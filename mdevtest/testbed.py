@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from mdevtest.errors import GuestError, MachineError, MdevError, MdevtestError
-from mdevtest.guest.image import BootImage
+from mdevtest.guest.image import BootImage, sha256_file
 from mdevtest.guest.qga import GuestAgent, wait_agent_ready
 from mdevtest.host import HostFacts, probe_host
 from mdevtest.inventory import DiskImage, HostPair, Inventory, KernelImage
@@ -157,7 +157,7 @@ class Testbed:
         controller's, recorded in ``<target>.verified`` (size and digest) for later sessions."""
         remote = self.remote(host)
         size = local.stat().st_size
-        digest = sha256 or _sha256_file(local)
+        digest = sha256 or sha256_file(local)
         stamp = f"{size} {digest}"
         marker = f"{target}.verified"
         with self._lock:
@@ -522,7 +522,7 @@ def resolve_image(inventory: Inventory) -> BootImage:
         disk = Path(spec.path)
         if not disk.is_file():
             raise MachineError(f"{inventory.source_path}: guest.image.path {disk} is not a file")
-        sha = _sha256_file(disk)
+        sha = sha256_file(disk)
         if spec.sha256 is not None and sha != spec.sha256:
             raise MachineError(
                 f"{inventory.source_path}: guest.image.path {disk} has sha256 {sha}, the inventory "
@@ -550,11 +550,3 @@ def resolve_image(inventory: Inventory) -> BootImage:
     from mdevtest.lab.images import lab_image
 
     return lab_image(spec.kind).build(spec, lambda _m: None)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -10,11 +10,22 @@ runs by itself.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["BootImage", "ProbeMode"]
+__all__ = ["BootImage", "ProbeMode", "sha256_file"]
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a (large) file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
 
 #: ``builtin``: the image starts the probe itself (its console says ``MDT-READY``); ``deploy``:
 #: the framework copies it in through qemu-guest-agent and starts it; ``none``: no probe.

@@ -27,24 +27,22 @@ Offline, the newest image built from the same local inputs is used.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from mdevtest.errors import LabError
-from mdevtest.filelock import locked
+from mdevtest.guest.image import sha256_file
 from mdevtest.lab.nested_image import (
     _APT_INSTALL,
     _KEYRING,
     SUITE,
     Progress,
+    _CachedBuilder,
     _digest,
     _proc_mounted,
     _quiet,
@@ -168,13 +166,7 @@ def build_desktop_image(
     return _Builder(Path(cache_dir), runner).build(mirror or debian_mirror(), Path(source_dir))
 
 
-class _Builder:
-    def __init__(self, cache: Path, runner: _Runner) -> None:
-        self.cache = cache
-        self.runner = runner
-        self.progress = runner.progress
-        self.timings: dict[str, float] = {}
-
+class _Builder(_CachedBuilder):
     def build(self, mirror: str, source_dir: Path) -> DesktopImage:
         sources = _read_sources(source_dir)
         local = self._description(mirror, sources, None)
@@ -233,15 +225,7 @@ class _Builder:
         return described
 
     def _offline(self, local_key: str) -> DesktopImage:
-        best: tuple[str, DesktopImage] | None = None
-        for manifest in self.cache.glob("*/manifest.json"):
-            with contextlib.suppress(OSError, ValueError):
-                data = json.loads(manifest.read_text())
-                if isinstance(data, dict) and data.get("local_key") == local_key:
-                    image = _load(manifest.parent, str(data.get("digest", "")))
-                    built = str(data.get("built_at", ""))
-                    if image is not None and (best is None or built > best[0]):
-                        best = (built, image)
+        best = self._newest_built(self.cache, local_key, _load)
         if best is None:
             raise LabError(
                 f"desktop image: the Debian mirror is unreachable and {self.cache} has no image "
@@ -249,23 +233,6 @@ class _Builder:
             )
         self.progress(f"desktop image {best[1].digest}: offline, using the one built {best[0]}")
         return best[1]
-
-    def _lock(self) -> contextlib.AbstractContextManager[None]:
-        path = self.cache / ".lock"
-        return locked(
-            path,
-            poll_s=0.5,
-            while_waiting=lambda _s: self.runner.remaining(f"waiting for {path}"),
-        )
-
-    @contextlib.contextmanager
-    def _step(self, name: str) -> Iterator[None]:
-        self.progress(f"{name} ...")
-        start = time.monotonic()
-        yield
-        took = time.monotonic() - start
-        self.timings[name] = round(took, 1)
-        self.progress(f"{name}: {took:.1f} s")
 
     def _build(
         self,
@@ -325,7 +292,7 @@ class _Builder:
                 "digest": digest,
                 "local_key": local_key,
                 "disk": "disk.qcow2",
-                "disk_sha256": _sha256_file(work / "disk.qcow2"),
+                "disk_sha256": sha256_file(work / "disk.qcow2"),
                 "kernel": "vmlinuz",
                 "initrd": "initrd.img",
                 "append": APPEND,
@@ -495,14 +462,6 @@ def _package_versions(runner: _Runner, root: Path) -> dict[str, str]:
     if missing:
         raise LabError(f"desktop image: installed, yet dpkg does not list: {' '.join(missing)}")
     return versions
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _load(directory: Path, digest: str) -> DesktopImage | None:

@@ -41,6 +41,7 @@ from typing import Protocol
 
 from mdevtest.errors import LabError
 from mdevtest.filelock import locked
+from mdevtest.guest.image import sha256_file
 
 #: Where the lab keeps downloaded packages and built images.
 DEFAULT_CACHE_DIR = Path("/var/cache/mdevtest")
@@ -153,7 +154,7 @@ class _Builder:
             [_CC, "--version"],
             hint="install gcc and libc6-dev (apt-get install gcc libc6-dev)",
         ).partition("\n")[0]
-        description = inputs.describe(_sha256_file(inputs.busybox), cc_version)
+        description = inputs.describe(sha256_file(inputs.busybox), cc_version)
         digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
         images = self.cache / "images"
         final = images / digest
@@ -475,14 +476,6 @@ def _load_image(directory: Path, digest: str) -> GuestImage | None:
         digest=digest,
         kernel_version=str(manifest["kernel_version"]),
     )
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_busybox(path: Path) -> None:

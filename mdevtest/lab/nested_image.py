@@ -59,6 +59,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from mdevtest.errors import LabError
 from mdevtest.filelock import locked
@@ -167,6 +168,7 @@ _STDERR_TAIL_LINES = 12
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 Progress = Callable[[str], None]
+_Image = TypeVar("_Image")
 
 
 def _quiet(_message: str) -> None:
@@ -570,13 +572,57 @@ def suite_release(mirror: str, suite: str, runner: _Runner, what: str) -> _Relea
     return _Release(date=fields["Date"], version=fields.get("Version", ""))
 
 
-class _NestedBuilder:
+class _CachedBuilder:
+    """What the labs' image builders share: a cache folder with a lock, timed steps, and the
+    newest image built from the same local inputs for when the mirror cannot be reached."""
+
     def __init__(self, cache: Path, runner: _Runner) -> None:
         self.cache = cache
         self.runner = runner
         self.progress = runner.progress
         self.timings: dict[str, float] = {}
 
+    def _lock(self) -> contextlib.AbstractContextManager[None]:
+        path = self.cache / ".lock"
+        return locked(
+            path,
+            poll_s=0.5,
+            while_waiting=lambda _s: self.runner.remaining(
+                f"waiting for another build to release {path}"
+            ),
+        )
+
+    @contextlib.contextmanager
+    def _step(self, name: str) -> Iterator[None]:
+        self.progress(f"{name} ...")
+        start = time.monotonic()
+        yield
+        took = time.monotonic() - start
+        self.timings[name] = round(took, 1)
+        self.progress(f"{name}: {took:.1f} s")
+
+    @staticmethod
+    def _newest_built(
+        directory: Path, local_key: str, load: Callable[[Path, str], _Image | None]
+    ) -> tuple[str, _Image] | None:
+        """The newest complete image in ``directory`` built from inputs whose local key is
+        ``local_key``, with when it was built."""
+        best: tuple[str, _Image] | None = None
+        for manifest in directory.glob("*/manifest.json"):
+            try:
+                data = json.loads(manifest.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict) or data.get("local_key") != local_key:
+                continue
+            image = load(manifest.parent, str(data.get("digest", "")))
+            built = str(data.get("built_at", ""))
+            if image is not None and (best is None or built > best[0]):
+                best = (built, image)
+        return best
+
+
+class _NestedBuilder(_CachedBuilder):
     # -- flow --------------------------------------------------------------------------------
 
     def build(self, mirror: str, source_dir: Path) -> NestedImages:
@@ -660,18 +706,7 @@ class _NestedBuilder:
         return suite_release(mirror, SUITE, self.runner, "nested image")
 
     def _offline_host(self, local_key: str) -> HostImage:
-        best: tuple[str, HostImage] | None = None
-        for manifest in (self.cache / "host").glob("*/manifest.json"):
-            try:
-                data = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(data, dict) or data.get("local_key") != local_key:
-                continue
-            host = _load_host(manifest.parent, str(data.get("digest", "")))
-            built = str(data.get("built_at", ""))
-            if host is not None and (best is None or built > best[0]):
-                best = (built, host)
+        best = self._newest_built(self.cache / "host", local_key, _load_host)
         if best is None:
             raise LabError(
                 f"nested image: the Debian mirror is unreachable and {self.cache}/host has no "
@@ -688,31 +723,12 @@ class _NestedBuilder:
         if installed:
             self.progress(f"installed on the controller: {' '.join(installed)}")
 
-    def _lock(self) -> contextlib.AbstractContextManager[None]:
-        path = self.cache / ".lock"
-        return locked(
-            path,
-            poll_s=0.5,
-            while_waiting=lambda _s: self.runner.remaining(
-                f"waiting for another build to release {path}"
-            ),
-        )
-
     def _remove_leftovers(self) -> None:
         """Remove what interrupted builds left (only called holding the lock)."""
         for sub in ("host", "guest", "sources"):
             for path in (self.cache / sub).glob(".build-*"):
                 self.progress(f"removing the leftover {path}")
                 _remove_tree(path)
-
-    @contextlib.contextmanager
-    def _step(self, name: str) -> Iterator[None]:
-        self.progress(f"{name} ...")
-        start = time.monotonic()
-        yield
-        took = time.monotonic() - start
-        self.timings[name] = round(took, 1)
-        self.progress(f"{name}: {took:.1f} s")
 
     # -- the L1 host ---------------------------------------------------------------------------
 
