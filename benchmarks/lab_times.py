@@ -81,6 +81,8 @@ def main() -> None:
                 destination = testbed.start_destination(pair, source)
                 result = Migrator(source, destination, uri=testbed.migration_uri(pair)).run()
                 figures["migration"] = {"pair": pair.id, **result.figures()}
+                if result.completed:
+                    guest.moved_to(destination)  # the agent follows it there
                 if sampler is not None and workload is not None:
                     time.sleep(10)
                     window = switchover_window(result.events, destination.qmp.events)

@@ -4,6 +4,7 @@
     mdevtest lab up|down|status|reap   manage an embedded lab (root): --flavor netns|nested
     mdevtest report                    make the HTML report from Allure results (Allure 2, npm)
     mdevtest premerge --patch PATCH    judge an mtty driver change on the nested lab (root)
+    mdevtest --version                 the version, and the commit when run from a checkout
 
 Exit codes: 0 success; 1 the lab is not up (``lab status``); 2 bad command line (``report``: no
 results to report on); 3 bad inventory; 4 the lab or a host failed (``report``: node, npm, java or
@@ -17,6 +18,7 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from mdevtest.errors import InventoryError, MdevtestError
 
@@ -39,8 +41,32 @@ def _progress(message: str) -> None:
     print(f"[mdevtest] {message}", flush=True)
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: like argparse's own, but asks git only when the option is given."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        from mdevtest.version import version_string
+
+        print(version_string())
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mdevtest", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--version",
+        action=_VersionAction,
+        help="print mdevtest's version and source commit (with 'dirty' if changed), then exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     inv = sub.add_parser("inventory", help="inventory files")

@@ -6,6 +6,7 @@ CLI, the pytest plugin) can tell "the lab or the input is wrong" from "mdevtest 
     MdevtestError
      +-- InventoryError            bad inventory file: file, field path, value, what is allowed
      +-- LabError                  the embedded local lab cannot be brought up / down
+     +-- KeyFileError              an SSH private key file cannot be used (missing, wrong passphrase)
      +-- RemoteError               anything that happens over SSH (carries the host)
      |    +-- ConnectFailed        cannot reach or authenticate to a host
      |    +-- CommandFailed        a command exited non-zero (host, command, rc, stderr tail)
@@ -64,6 +65,21 @@ class InventoryError(MdevtestError):
 
 class LabError(MdevtestError):
     """The embedded local lab could not be brought up, inspected or taken down."""
+
+
+class KeyFileError(MdevtestError):
+    """An SSH private key file on the controller cannot be used: it does not exist, cannot be
+    read, is not a private key, or its passphrase is missing or wrong. Carries ``path``.
+
+    A lab problem, not a product one (:func:`classify`); :class:`~mdevtest.remote.Remote` reports
+    it as :class:`ConnectFailed` of the host whose key it is.
+    """
+
+    failure_class: str | None = "infrastructure"
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class RemoteError(MdevtestError):

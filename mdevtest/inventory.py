@@ -14,6 +14,16 @@ An inventory is a YAML file validated once, at load, into frozen models. Everyth
 Any bad input raises :class:`~mdevtest.errors.InventoryError` with one line per problem, each naming
 the field path (``hosts[1].ssh.port``), the bad value and what is allowed. Pydantic's own messages,
 tracebacks and URLs never reach the user.
+
+Hostile files (written by hand or by a tool gone wrong) are refused before validation, quickly and
+in bounded memory: only a regular file of at most :data:`MAX_FILE_BYTES` is read (a FIFO, a device
+or a directory is refused without blocking on it); YAML is composed with at most :data:`MAX_NODES`
+nodes, each alias counted as the nodes it stands for (an alias bomb stops there), at most
+:data:`MAX_DEPTH` levels deep, with scalars of at most :data:`MAX_SCALAR_CHARS` characters and
+integers that fit in 64 bits. Scalars follow the YAML 1.2 core schema: only ``true``/``false``
+are booleans, and integer, boolean and number fields take only values of their own YAML type (no
+``yes``, no ``22.0`` for a port, no quoted numbers). A value is shown in a message at most
+:data:`MAX_SHOWN` characters long.
 """
 
 from __future__ import annotations
@@ -22,11 +32,12 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 import types
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import annotated_types
 import yaml
@@ -36,6 +47,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -65,11 +77,26 @@ __all__ = [
     "parse_inventory",
 ]
 
+#: Largest inventory file read. Real inventories are a few KiB; pure-Python YAML parses this much
+#: in well under a second, whatever it holds.
+MAX_FILE_BYTES = 256 * 1024
+#: Most YAML nodes in one inventory, an alias counting as every node it stands for.
+MAX_NODES = 10_000
+#: Deepest nesting of mappings and sequences (an inventory needs 7).
+MAX_DEPTH = 50
+#: Longest scalar (key or value), in characters: more than any path or kernel command line.
+MAX_SCALAR_CHARS = 4096
+#: Longest rendering of a value inside an error message.
+MAX_SHOWN = 200
+#: Most problems listed for one file.
+MAX_PROBLEMS = 50
+
 #: Key of the validation context that carries the directory relative paths are resolved against.
 _BASE_DIR = "base_dir"
 
 _HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # --------------------------------------------------------------------------------------------
@@ -104,16 +131,38 @@ def _check_address(value: str) -> str:
     raise ValueError("must be an IPv4/IPv6 address or a DNS name (no brackets, port or user@)")
 
 
+def _reject_control_chars(value: str) -> str:
+    # A NUL cannot be passed to the OS at all; other control characters in a path or name
+    # are a generator's bug or an attack on whatever prints or runs them later.
+    found = _CONTROL.search(value)
+    if found is not None:
+        raise ValueError(
+            f"must not contain control characters (found {found.group()!r} at position "
+            f"{found.start()}); remove it"
+        )
+    return value
+
+
 def _check_remote_abspath(value: str) -> str:
+    _reject_control_chars(value)
     if not value.startswith("/"):
         raise ValueError("must be an absolute path on the host (starting with '/')")
     return value
 
 
-def _reject_empty_path(value: object) -> object:
-    # Path("") silently means ".", which is never what an inventory author wants.
-    if isinstance(value, str) and not value.strip():
-        raise ValueError("must be a file path, not an empty string")
+def _check_controller_path(value: object) -> object:
+    if isinstance(value, str):
+        # Path("") silently means ".", which is never what an inventory author wants.
+        if not value.strip():
+            raise ValueError("must be a file path, not an empty string")
+        _reject_control_chars(value)
+    return value
+
+
+def _exactly_one(value: object) -> object:
+    # Literal[1] alone takes true and 1.0 as 1.
+    if value != 1 or isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be 1 (the only inventory format)")
     return value
 
 
@@ -127,12 +176,18 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
 
 
 #: A path on the controller; relative paths resolve against the inventory file's directory.
-ControllerPath = Annotated[Path, BeforeValidator(_reject_empty_path), AfterValidator(_resolve_path)]
+ControllerPath = Annotated[Path, BeforeValidator(_check_controller_path), AfterValidator(_resolve_path)]
+RemotePath = Annotated[str, AfterValidator(_check_remote_abspath)]
 HostName = Annotated[str, AfterValidator(_check_host_name)]
 Address = Annotated[str, AfterValidator(_check_address)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
+# Strict: an int field takes a YAML integer only (not true, 22.0 or "22"), a bool field true or
+# false only (not 1, "yes" or "true"), a number field an integer or a float (not true or "1").
+Flag = Annotated[bool, Strict()]
+Count = Annotated[int, Strict()]
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+Seconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+#: A name, identifier or path-like text: not empty, no control characters.
+NonEmptyStr = Annotated[str, Field(min_length=1), AfterValidator(_reject_control_chars)]
 Firmware = Literal["bios", "uefi"]
 
 
@@ -177,8 +232,15 @@ Secret = Annotated[SecretRef, BeforeValidator(_reject_inline_secret)]
 class SshConfig(_Model):
     """How the controller reaches a host over SSH.
 
-    Host keys are verified against ``known_hosts`` (``~/.ssh/known_hosts`` when unset) unless
-    ``accept_unknown_host_keys`` is set, which is meant for throw-away labs only.
+    Host keys are verified against ``known_hosts`` (``~/.ssh/known_hosts`` when unset): a host
+    whose key is not there is refused, and so is one whose key differs from the recorded one.
+
+    ``accept_unknown_host_keys`` (for throw-away labs only) accepts a host whose key is not
+    recorded yet; it never skips the check of a recorded key. When ``known_hosts`` names an
+    existing file, the accepted key is written to it (paramiko rewrites the file, dropping its
+    comments) and enforced from then on: trust on first use. When ``known_hosts`` is unset
+    (``~/.ssh/known_hosts`` is read, never written) or names a file that does not exist, nothing
+    is recorded and an unrecorded host is accepted with whatever key it shows, on every connection.
     """
 
     user: NonEmptyStr = "root"
@@ -187,11 +249,11 @@ class SshConfig(_Model):
     key_passphrase: Secret | None = None
     """The key file's passphrase, by reference: ``{env: NAME}`` or ``{file: PATH}``."""
     known_hosts: ControllerPath | None = None
-    accept_unknown_host_keys: bool = False
+    accept_unknown_host_keys: Flag = False
     connect_timeout_s: Seconds = 10.0
     command_timeout_s: Seconds = 300.0
     """Default timeout of one remote command."""
-    keepalive_s: Annotated[int, Field(ge=0)] = 15
+    keepalive_s: Annotated[Count, Field(ge=0)] = 15
     """SSH keepalive interval; 0 disables keepalives."""
 
 
@@ -203,15 +265,15 @@ class Host(_Model):
     """What the controller SSHes to (management network)."""
     ssh: SshConfig
     qemu_binary: NonEmptyStr = "qemu-system-x86_64"
-    state_dir: Annotated[str, AfterValidator(_check_remote_abspath)] = "/var/lib/mdevtest"
+    state_dir: RemotePath = "/var/lib/mdevtest"
     """Absolute path on the host (a ``str``: it is remote) for sockets, logs and leases."""
     accel: Literal["auto", "kvm", "tcg"] = "auto"
-    sysfs_root: Annotated[str, AfterValidator(_check_remote_abspath)] = "/"
+    sysfs_root: RemotePath = "/"
     """Where the host's ``/sys`` is looked up (``/`` on real hosts; the local lab's simulated
     vGPU parent lives under the host's state dir)."""
-    ovmf_code: Annotated[str, AfterValidator(_check_remote_abspath)] = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+    ovmf_code: RemotePath = "/usr/share/OVMF/OVMF_CODE_4M.fd"
     """UEFI firmware code on the host (Debian's ``ovmf``; RHEL: /usr/share/edk2/ovmf/OVMF_CODE.fd)."""
-    ovmf_vars: Annotated[str, AfterValidator(_check_remote_abspath)] = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+    ovmf_vars: RemotePath = "/usr/share/OVMF/OVMF_VARS_4M.fd"
     """The matching variable store template; each UEFI guest gets its own copy."""
 
 
@@ -223,7 +285,7 @@ class VgpuSpec(_Model):
     """The mdev type id as in sysfs, e.g. ``i915-GVTg_V5_4``, ``mtty-2``, ``nvidia-222``."""
     parent: NonEmptyStr | None = None
     """Parent device, e.g. ``0000:00:02.0``; None means any parent that offers ``type``."""
-    use_mdevctl: bool = False
+    use_mdevctl: Flag = False
     limits: Limits | None = None
     """Limits for this vGPU profile, over the inventory's (a test's ``limits`` marker wins)."""
 
@@ -277,7 +339,7 @@ class KernelImage(_Model):
     kernel: ControllerPath
     initrd: ControllerPath
     append: str = ""
-    agent: bool = False
+    agent: Flag = False
     """The guest runs qemu-guest-agent on the virtio-serial port ``org.qemu.guest_agent.0``."""
 
 
@@ -300,10 +362,10 @@ class DiskImage(_Model):
     append: str = ""
     cloud_init: ControllerPath | None = None
     """A NoCloud seed image (volume label ``cidata``), attached read-only as a second disk."""
-    agent: bool = True
+    agent: Flag = True
     """The guest runs qemu-guest-agent on the virtio-serial port ``org.qemu.guest_agent.0``:
     readiness is its ``guest-ping`` + ``guest-get-osinfo``, and workloads run through it."""
-    probe: bool = True
+    probe: Flag = True
     """Deploy the probe agent (``mdt-workload``) into the running guest through the agent, for
     the RAM/DMA/device-memory/device-state checks and the guest-observed downtime."""
 
@@ -329,8 +391,8 @@ class GuestSpec(_Model):
 
     name: NonEmptyStr = "synthetic"
     image: GuestImageSpec
-    memory_mib: Annotated[int, Field(ge=64)] = 256
-    vcpus: Annotated[int, Field(ge=1)] = 1
+    memory_mib: Annotated[Count, Field(ge=64)] = 256
+    vcpus: Annotated[Count, Field(ge=1)] = 1
     boot_timeout_s: Seconds = 180.0
     extra_append: str = ""
     """Appended to the kernel command line (kernel images only)."""
@@ -339,7 +401,7 @@ class GuestSpec(_Model):
 class Limits(_Model):
     """Pass/fail limits of one migration. Defaults come from the seed talk (< 500 ms, ~3 s)."""
 
-    downtime_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 500.0
+    downtime_ms: Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)] = 500.0
     total_time_s: Seconds = 3.0
     migration_timeout_s: Seconds = 120.0
     """After this the migration is cancelled and the test fails."""
@@ -363,7 +425,7 @@ class LocalLabSpec(_Model):
 class Inventory(_Model):
     """A whole lab. Build it with :func:`load_inventory`; the module docstring lists guarantees."""
 
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], BeforeValidator(_exactly_one)] = 1
     name: NonEmptyStr
     hosts: Annotated[tuple[Host, ...], Field(min_length=1)]
     pairs: Annotated[tuple[HostPair, ...], Field(min_length=1)]
@@ -415,12 +477,12 @@ def _reference_problems(
             continue
         if name in first_index:
             problems.append(
-                f"hosts[{i}].name: {name!r} is already used by hosts[{first_index[name]}]; "
+                f"hosts[{i}].name: {_show(name)} is already used by hosts[{first_index[name]}]; "
                 "host names must be unique"
             )
         else:
             first_index[name] = i
-    known = ", ".join(first_index) or "(none)"
+    known = _clip(", ".join(_printable(n) for n in first_index) or "(none)")
     first_pair: dict[str, int] = {}
     for i, ends in enumerate(pair_ends):
         if ends is None:
@@ -429,19 +491,22 @@ def _reference_problems(
         for field, value in (("source", src), ("destination", dst)):
             if isinstance(value, str) and value not in first_index:
                 problems.append(
-                    f"pairs[{i}].{field}: {value!r} is not a host of this inventory; "
+                    f"pairs[{i}].{field}: {_show(value)} is not a host of this inventory; "
                     f"known hosts: {known}"
                 )
         if not (isinstance(src, str) and isinstance(dst, str)):
             continue
         if src == dst:
             problems.append(
-                f"pairs[{i}].destination: {dst!r} is also the source; a pair needs two different hosts"
+                f"pairs[{i}].destination: {_show(dst)} is also the source; a pair needs two "
+                "different hosts"
             )
             continue
         pair_id = f"{src}->{dst}"
         if pair_id in first_pair:
-            problems.append(f"pairs[{i}]: {pair_id} is already listed as pairs[{first_pair[pair_id]}]")
+            problems.append(
+                f"pairs[{i}]: {_clip(pair_id)} is already listed as pairs[{first_pair[pair_id]}]"
+            )
         else:
             first_pair[pair_id] = i
     return problems
@@ -468,33 +533,94 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
 
     Relative controller paths are resolved against the file's directory and ``source_path`` is set
     to the file's absolute path. Raises :class:`InventoryError` (never anything else for bad
-    input) listing every problem found.
+    input) listing every problem found. The bounds in the module docstring are applied while
+    reading and composing the YAML, before any validation.
     """
     shown = os.fspath(path)
-    file = Path(path)
+    data_bytes = _read_bounded(shown)
     try:
-        text = file.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise InventoryError(
-            shown, ["file not found; pass the path of an inventory YAML file"]
-        ) from None
-    except IsADirectoryError:
-        raise InventoryError(
-            shown, ["is a directory; pass the path of an inventory YAML file"]
-        ) from None
+        text = data_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InventoryError(shown, [f"not UTF-8 text (byte {exc.start})"]) from None
-    except OSError as exc:
-        raise InventoryError(shown, [f"cannot read: {exc.strerror or exc}"]) from exc
+        raise InventoryError(
+            shown, [f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"]
+        ) from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         raise InventoryError(shown, [_yaml_problem(exc)]) from None
+    except yaml.reader.ReaderError as exc:
+        raise InventoryError(shown, [_reader_problem(exc, text)]) from None
     except yaml.YAMLError as exc:
-        raise InventoryError(shown, [f"not valid YAML: {exc}"]) from None
-    absolute = Path(os.path.abspath(file))
+        raise InventoryError(shown, [f"not valid YAML: {_clip(str(exc))}"]) from None
+    absolute = Path(os.path.abspath(shown))
     inventory = parse_inventory(data, source=shown, base_dir=absolute.parent)
     return inventory.model_copy(update={"source_path": absolute})
+
+
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_regular(shown: str, info: os.stat_result) -> None:
+    if stat.S_ISREG(info.st_mode):
+        if info.st_size > MAX_FILE_BYTES:
+            raise InventoryError(shown, [_too_large(info.st_size)])
+        return
+    kind = next((name for test, name in _NOT_REGULAR if test(info.st_mode)), "not a regular file")
+    raise InventoryError(
+        shown, [f"is {kind}, not a regular file; pass the path of an inventory YAML file"]
+    )
+
+
+def _too_large(size: int | None) -> str:
+    amount = f"{size} bytes" if size is not None else f"more than {MAX_FILE_BYTES} bytes"
+    return (
+        f"the file is {amount}; an inventory is at most {MAX_FILE_BYTES // 1024} KiB "
+        "(is this the right file?)"
+    )
+
+
+def _read_bounded(shown: str) -> bytes:
+    """The content of ``shown`` if it is a regular file of at most :data:`MAX_FILE_BYTES`.
+
+    The type is checked with ``stat`` before opening and again on the descriptor, which is opened
+    non-blocking: a FIFO, a socket or a device is refused and never blocks or floods the caller.
+    """
+    try:
+        _check_regular(shown, os.stat(shown))
+        fd = os.open(shown, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InventoryError(
+            shown, ["file not found; pass the path of an inventory YAML file"]
+        ) from None
+    except ValueError:  # the path itself holds a NUL byte
+        raise InventoryError(
+            shown, ["the path contains a NUL byte; pass the path of an inventory YAML file"]
+        ) from None
+    except OSError as exc:
+        raise InventoryError(shown, [f"cannot read: {exc.strerror or exc}"]) from None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        _check_regular(shown, os.fstat(fd))  # replaced between stat and open?
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise InventoryError(shown, [f"cannot read: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_BYTES:  # it grew, or it is a file whose size stat does not know
+        raise InventoryError(shown, [_too_large(None)])
+    return b"".join(chunks)
 
 
 def parse_inventory(
@@ -527,27 +653,140 @@ def parse_inventory(
     # that one run reports everything (duplicates of the model's findings are dropped below).
     problems.extend(_raw_reference_problems(data))
     if problems:
-        raise InventoryError(source, list(dict.fromkeys(problems)))
+        raise InventoryError(source, _capped(list(dict.fromkeys(problems))))
     return inventory
+
+
+def _capped(problems: list[str]) -> list[str]:
+    """At most :data:`MAX_PROBLEMS` lines: a file that is wrong everywhere is not the inventory."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    rest = len(problems) - MAX_PROBLEMS
+    return [*problems[:MAX_PROBLEMS], f"... and {rest} more problems (fix the ones above first)"]
 
 
 _YAML_INT = "tag:yaml.org,2002:int"
 _YAML_FLOAT = "tag:yaml.org,2002:float"
+_YAML_BOOL = "tag:yaml.org,2002:bool"
+_YAML_MERGE = "tag:yaml.org,2002:merge"
+#: Implicit YAML 1.1 types that YAML 1.2's core schema dropped (dates, the ``=`` value key).
+_YAML_DROPPED = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
+_INT64 = range(-(2**63), 2**64)
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """The YAML is well-formed but exceeds a bound of the loader (size, depth, aliases)."""
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys and reads no base-60 numbers (see below)."""
+    """A SafeLoader with bounds, YAML 1.2 core scalars and no duplicate keys.
+
+    Composition is bounded (:data:`MAX_NODES` nodes with aliases expanded, :data:`MAX_DEPTH`
+    levels, :data:`MAX_SCALAR_CHARS` per scalar), so neither an alias bomb nor deep nesting
+    reaches the constructor, pydantic or the recursion limit. Each alias is charged the size and
+    height of the node it repeats, computed once per anchored node, so checking costs time linear
+    in the file.
+    """
+
+    #: ``!!bool`` takes YAML 1.2's true/false only (not yes/no/on/off).
+    bool_values: ClassVar[dict[str, bool]] = {"true": True, "false": False}
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0  # level of the node being composed (the document's root is 1)
+        self._reach = 0  # deepest level reached so far, aliases expanded
+        self._nodes = 0  # nodes composed so far, aliases expanded
+        self._shapes: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, height) once composed
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        level = self._depth + 1
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an undefined alias is the composer's own error
+                shape = self._shapes.get(id(target))
+                if shape is None:
+                    raise _Refused(
+                        problem=f"alias *{_clip(str(event.anchor))} repeats a node that contains "
+                        "it (a cycle); an inventory is a tree: write the value out",
+                        problem_mark=mark,
+                    )
+                self._charge(*shape, level, mark, alias=str(event.anchor))
+            return super().compose_node(parent, index)
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR_CHARS:
+            what = "key" if isinstance(parent, yaml.MappingNode) and index is None else "value"
+            raise _Refused(
+                problem=f"a {what} of {len(event.value)} characters; keys and values are limited "
+                f"to {MAX_SCALAR_CHARS} characters",
+                problem_mark=mark,
+            )
+        self._charge(1, 1, level, mark)
+        start, outer_reach = self._nodes, self._reach
+        self._depth, self._reach = level, level
+        node = super().compose_node(parent, index)
+        if node is not None:
+            self._shapes[id(node)] = (self._nodes - start + 1, self._reach - level + 1)
+        self._depth, self._reach = level - 1, max(outer_reach, self._reach)
+        return node
+
+    def _charge(self, nodes: int, height: int, level: int, mark: Any, alias: str = "") -> None:
+        """Count ``nodes`` more nodes reaching ``height`` levels below ``level``; refuse beyond
+        the bounds, naming the alias that crossed one."""
+        self._nodes += nodes
+        self._reach = max(self._reach, level + height - 1)
+        repeats = f"alias *{_clip(alias)} " if alias else ""
+        if self._reach > MAX_DEPTH:
+            nested = "makes the data nested" if alias else "nested"
+            raise _Refused(
+                problem=f"{repeats}{nested} more than {MAX_DEPTH} levels deep; an inventory "
+                "needs fewer than 10",
+                problem_mark=mark,
+            )
+        if self._nodes > MAX_NODES:
+            where = f"{repeats}brings" if alias else "the file has"
+            raise _Refused(
+                problem=f"{where} more than {MAX_NODES} YAML nodes, counting each alias as the "
+                "nodes it repeats (aliases of aliases multiply: an alias bomb?); an inventory "
+                "needs far fewer: write repeated parts out or alias them less deeply",
+                problem_mark=mark,
+            )
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # An explicitly tagged scalar that does not parse (`!!int abc`, `!!bool maybe`) makes
+        # SafeConstructor raise ValueError/KeyError instead of a YAML error.
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
+            raise yaml.constructor.ConstructorError(
+                problem=f"{_show(node.value)} is not a valid {node.tag.rsplit(':', 1)[-1]}",
+                problem_mark=node.start_mark,
+            ) from None
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        value = super().construct_yaml_int(node)
+        if value not in _INT64:
+            raise _Refused(
+                problem=f"an integer of {len(node.value)} characters is too large; numbers in an "
+                "inventory fit in 64 bits",
+                problem_mark=node.start_mark,
+            )
+        return value
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: dict[object, yaml.Node] = {}
         for key_node, _ in node.value:
+            if key_node.tag == _YAML_MERGE:
+                continue  # `<<: *base` merges a mapping; keys written next to it override it
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, Hashable) and key in seen:
                 first = seen[key].start_mark.line + 1
                 raise yaml.constructor.ConstructorError(
                     None,
                     None,
-                    f"duplicate key {key!r} (first defined on line {first})",
+                    f"duplicate key {_show(key)} (first defined on line {first})",
                     key_node.start_mark,
                 )
             if isinstance(key, Hashable):
@@ -555,13 +794,22 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-# YAML 1.1 reads unquoted 0000:00:02.0 (a PCI address) as a base-60 float and 52:54:00:12:34:56 (a
-# MAC) as a base-60 int. Nobody writes sexagesimal numbers in an inventory, so drop those forms and
-# keep such values strings, as YAML 1.2 does.
+_StrictLoader.add_constructor(_YAML_INT, _StrictLoader.construct_yaml_int)
+
+# Scalars are resolved as in YAML 1.2's core schema. YAML 1.1 reads unquoted 0000:00:02.0 (a PCI
+# address) as a base-60 float, 52:54:00:12:34:56 (a MAC) as a base-60 int, yes/no/on/off as
+# booleans and 2024-01-01 as a date. Nobody means those in an inventory: keep such values strings.
 _StrictLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_YAML_INT, _YAML_FLOAT)]
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in (_YAML_INT, _YAML_FLOAT, _YAML_BOOL, *_YAML_DROPPED)
+    ]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_StrictLoader.add_implicit_resolver(
+    _YAML_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _StrictLoader.add_implicit_resolver(
     _YAML_INT,
     re.compile(
@@ -589,13 +837,30 @@ _StrictLoader.add_implicit_resolver(
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     """One line: what YAML objected to and where (1-based line and column)."""
     mark = exc.problem_mark or exc.context_mark
-    what = exc.problem or exc.context or "cannot be parsed"
+    what = _clip(exc.problem or exc.context or "cannot be parsed", 2 * MAX_SHOWN)
     if "<block end>" in what or "<block mapping start>" in what:
         what += " (check the indentation)"
-    kind = "YAML error" if isinstance(exc, yaml.constructor.ConstructorError) else "YAML syntax error"
+    if isinstance(exc, _Refused):
+        kind = "refused"
+    elif isinstance(exc, yaml.constructor.ConstructorError):
+        kind = "YAML error"
+    else:
+        kind = "YAML syntax error"
     if mark is None:
         return f"{kind}: {what}"
     return f"{kind} at line {mark.line + 1}, column {mark.column + 1}: {what}"
+
+
+def _reader_problem(exc: yaml.reader.ReaderError, text: str) -> str:
+    """A character YAML does not allow in a file (a control character such as NUL)."""
+    position = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else 0
+    return (
+        f"YAML syntax error at line {line}, column {column}: character #x{char:04x} is not allowed "
+        "in YAML text (write control characters as escapes in a double-quoted string)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -653,10 +918,25 @@ def _problem(error: ErrorDetails) -> str:
 
 
 def _quote_hint(slot: _Slot | None, value: object) -> str:
-    """Explain a text field that YAML turned into a bool or number (``no``, ``1.10``, ``0755``)."""
-    if slot is None or not isinstance(value, bool | int | float):
+    """How to write the value so it is read as the type the slot wants.
+
+    A text field that YAML turned into a bool or number (``1.10``, ``0755``) wants quotes; a
+    boolean, integer or number field written as text, or as a number of the wrong kind
+    (``"yes"``, ``1``, ``22.0``, ``"22"``), wants the plain YAML value.
+    """
+    if slot is None:
         return ""
     annotation = _unwrap(slot.annotation)[0]
+    if annotation is bool and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return " (write true or false, unquoted; yes/no/on/off and 0/1 are not booleans here)"
+    if annotation in (int, float) and isinstance(value, str):
+        return " (write the number without quotes)" if _is_number(value) else ""
+    if annotation is int and isinstance(value, float) and value.is_integer():
+        return f" (write {int(value)}, without a decimal point)"
+    if annotation in (int, float) and isinstance(value, bool):
+        return " (YAML read the unquoted value as a boolean; write a number)"
+    if not isinstance(value, bool | int | float):
+        return ""
     wants_text = annotation in (str, Path) or (
         get_origin(annotation) is Literal and all(isinstance(v, str) for v in get_args(annotation))
     )
@@ -664,6 +944,14 @@ def _quote_hint(slot: _Slot | None, value: object) -> str:
         return ""
     read_as = "a boolean" if isinstance(value, bool) else "a number"
     return f" (YAML read the unquoted value as {read_as}; put it in quotes)"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _walk(loc: Iterable[int | str]) -> tuple[str, _Slot | None, type[BaseModel] | None]:
@@ -679,7 +967,8 @@ def _walk(loc: Iterable[int | str]) -> tuple[str, _Slot | None, type[BaseModel] 
         annotation = _unwrap(slot.annotation)[0] if slot is not None else None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(item, str):
             owner = annotation
-            path = f"{path}.{item}" if path else item
+            shown = _clip(_printable(item), 60)  # an unknown key may be long or odd
+            path = f"{path}.{shown}" if path else shown
             field = annotation.model_fields.get(item)
             if field is None or (annotation is Inventory and item == "source_path"):
                 slot = None
@@ -694,7 +983,7 @@ def _walk(loc: Iterable[int | str]) -> tuple[str, _Slot | None, type[BaseModel] 
         if member is not None:
             slot = _Slot(member)
             continue
-        path += f"[{item}]" if isinstance(item, int) else f".{item}"
+        path += f"[{item}]" if isinstance(item, int) else f".{_clip(_printable(str(item)), 60)}"
         slot = None
     return path, slot, owner
 
@@ -843,8 +1132,22 @@ def _show(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    if isinstance(value, int) and value.bit_length() > 128:
+        # repr() of a huge int is slow, and refused beyond 4300 digits
+        return f"an integer of {value.bit_length()} bits"
+    return _clip(repr(value), 60)
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (as in ``repr``), so a message cannot carry them."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _clip(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text``, shortened to ``limit`` characters if longer (saying how long it was)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(limit - 25, 10)]}... ({len(text)} characters)"
 
 
 def _got(value: object) -> str:
@@ -864,8 +1167,13 @@ def describe(inv: Inventory) -> str:
     lines.append("hosts:")
     for h in inv.hosts:
         ssh = h.ssh
-        if ssh.accept_unknown_host_keys:
-            trust = "not checked (accept_unknown_host_keys)"
+        if ssh.accept_unknown_host_keys and ssh.known_hosts is not None:
+            trust = (
+                f"trust on first use: unknown keys accepted and recorded in {ssh.known_hosts} "
+                "if it exists, recorded keys checked"
+            )
+        elif ssh.accept_unknown_host_keys:
+            trust = "unknown keys accepted, never recorded; keys in ~/.ssh/known_hosts checked"
         else:
             trust = f"checked against {ssh.known_hosts or '~/.ssh/known_hosts'}"
         lines += [

@@ -5,7 +5,10 @@ What it guarantees:
 * one SSH connection per host per :class:`RemotePool` (one pool per process), reused by every call and
   re-opened once if the server dropped it (an sshd restart);
 * host keys checked against the inventory's ``known_hosts``; unknown keys are refused unless the
-  inventory explicitly says ``accept_unknown_host_keys``;
+  inventory explicitly says ``accept_unknown_host_keys`` (trust on first use, see
+  :class:`~mdevtest.inventory.SshConfig`); a known key that changed is refused either way;
+* the private key is loaded by :func:`load_private_key` before connecting, so a missing file, a
+  wrong passphrase or a file that is no private key is reported as such, not as a host problem;
 * a timeout on every call: connecting, each command, each file transfer, each socket bridge;
 * argument vectors are quoted with :func:`shlex.join`; nothing is pasted into a shell string unquoted;
 * :meth:`Remote.run` returns a frozen :class:`CommandResult`; :meth:`Remote.check` raises
@@ -19,9 +22,12 @@ into one end of a local socket pair, whose other end behaves like a connected lo
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import select
 import shlex
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,13 +37,25 @@ from types import TracebackType
 from typing import Any
 
 import paramiko
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from fabric import Config, Connection
 from invoke.exceptions import CommandTimedOut as InvokeTimedOut
 from invoke.exceptions import UnexpectedExit
 
 from mdevtest.credentials import SecretUnavailable
-from mdevtest.errors import CommandFailed, CommandTimedOut, ConnectFailed, RemoteError
+from mdevtest.errors import CommandFailed, CommandTimedOut, ConnectFailed, KeyFileError, RemoteError
 from mdevtest.inventory import Host
+
+#: A private key file is a few KiB; a larger file is not one.
+_MAX_KEY_BYTES = 64 * 1024
+_KEY_CLASSES: tuple[tuple[type[Any], type[paramiko.PKey]], ...] = (
+    (ed25519.Ed25519PrivateKey, paramiko.Ed25519Key),
+    (ec.EllipticCurvePrivateKey, paramiko.ECDSAKey),
+    (rsa.RSAPrivateKey, paramiko.RSAKey),
+)
+_KINDS = "OpenSSH or PEM format; Ed25519, ECDSA or RSA"
 
 
 @dataclass(frozen=True)
@@ -61,6 +79,119 @@ def quote_argv(argv: Sequence[str]) -> str:
     return shlex.join(str(a) for a in argv)
 
 
+def load_private_key(path: str | os.PathLike[str], passphrase: str | None = None) -> paramiko.PKey:
+    """The private key in ``path``, decrypted with ``passphrase`` if it is encrypted.
+
+    Reads OpenSSH and PEM (traditional or PKCS#8) files holding an Ed25519, ECDSA or RSA key. A
+    passphrase given for an unencrypted key is ignored, as ``ssh`` does. Raises
+    :class:`~mdevtest.errors.KeyFileError` saying which problem it is: the file does not exist or
+    cannot be read, it is not a private key (a public key, garbage, an unsupported type), it is
+    encrypted and no passphrase was given, or the passphrase is wrong.
+    """
+    shown = os.fspath(path)
+    data = _read_key_file(shown)
+    password = passphrase.encode() if passphrase is not None else None
+    try:
+        try:
+            loaded = _parse_key(data, password)
+        except TypeError:
+            if password is None:
+                raise KeyFileError(
+                    shown,
+                    f"key file {shown} is encrypted and no passphrase was given; set "
+                    "ssh.key_passphrase ({env: NAME} or {file: PATH})",
+                ) from None
+            loaded = _parse_key(data, None)  # a passphrase for an unencrypted key
+    except ValueError:
+        if password is not None and _is_encrypted(data):
+            raise KeyFileError(
+                shown,
+                f"the passphrase is wrong for key {shown}: check the value ssh.key_passphrase "
+                "names (`ssh-keygen -y -f KEY` tries a passphrase by hand)",
+            ) from None
+        raise KeyFileError(shown, _not_a_key(shown, data)) from None
+    except (UnsupportedAlgorithm, TypeError):
+        raise KeyFileError(shown, _not_a_key(shown, data)) from None
+    key_class = next((cls for kind, cls in _KEY_CLASSES if isinstance(loaded, kind)), None)
+    if key_class is None:
+        raise KeyFileError(
+            shown,
+            f"key file {shown} holds a {type(loaded).__name__.removeprefix('_')}, which mdevtest "
+            f"cannot use ({_KINDS})",
+        )
+    # Hand paramiko the decrypted key in the one format all its key classes read.
+    try:
+        text = loaded.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ).decode("ascii")
+        return key_class.from_private_key(io.StringIO(text))
+    except (ValueError, paramiko.SSHException):
+        raise KeyFileError(shown, _not_a_key(shown, data)) from None
+
+
+def _read_key_file(shown: str) -> bytes:
+    try:
+        info = os.stat(shown)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise KeyFileError(
+                shown, f"key file {shown} is {kind}; ssh.key_file names the private key file"
+            )
+        if info.st_size > _MAX_KEY_BYTES:
+            raise KeyFileError(
+                shown,
+                f"key file {shown} is {info.st_size} bytes, too large for a private key; "
+                "ssh.key_file names the private key file",
+            )
+        with open(shown, "rb") as fh:
+            return fh.read(_MAX_KEY_BYTES + 1)
+    except FileNotFoundError:
+        raise KeyFileError(
+            shown,
+            f"key file {shown} does not exist; check ssh.key_file (a relative path is relative "
+            "to the inventory file; the local lab's keys are made by `mdevtest lab up`)",
+        ) from None
+    except PermissionError:
+        raise KeyFileError(
+            shown, f"cannot read key file {shown}: permission denied for the controller's user"
+        ) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise KeyFileError(shown, f"cannot read key file {shown}: {reason}") from None
+
+
+def _parse_key(data: bytes, password: bytes | None) -> Any:
+    """A cryptography private key; TypeError: encrypted without a password, or a password for an
+    unencrypted key; ValueError: not a key, or a wrong password."""
+    try:
+        return serialization.load_ssh_private_key(data, password)
+    except ValueError:
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+            raise
+    return serialization.load_pem_private_key(data, password)
+
+
+def _is_encrypted(data: bytes) -> bool:
+    try:
+        _parse_key(data, None)
+    except TypeError:
+        return True
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return False
+
+
+def _not_a_key(shown: str, data: bytes) -> str:
+    if data.lstrip().startswith((b"ssh-", b"ecdsa-", b"sk-")):
+        return (
+            f"key file {shown} is a public key; ssh.key_file names the private key (the file "
+            "without .pub)"
+        )
+    return f"key file {shown} is not a private key mdevtest can read ({_KINDS})"
+
+
 class Remote:
     """SSH access to one host. Use as a context manager or call :meth:`close`."""
 
@@ -72,17 +203,37 @@ class Remote:
 
     # -- connection ------------------------------------------------------------------------------
 
-    def _new_connection(self) -> Connection:
+    def _passphrase(self) -> str | None:
+        ssh = self.host.ssh
+        if ssh.key_passphrase is None:
+            return None
+        try:
+            return ssh.key_passphrase.resolve()
+        except SecretUnavailable as exc:
+            raise ConnectFailed(
+                self.name, f"the passphrase of {ssh.key_file} (ssh.key_passphrase): {exc}"
+            ) from None
+
+    def _private_key(self) -> paramiko.PKey:
+        """The host's key, loaded here so its problems are not reported as the host's."""
+        try:
+            return load_private_key(self.host.ssh.key_file, self._passphrase())
+        except KeyFileError as exc:
+            raise ConnectFailed(self.name, str(exc)) from exc
+
+    def _new_connection(self, pkey: paramiko.PKey | None = None) -> Connection:
+        """A connection, not yet open. With ``pkey`` it authenticates with that loaded key;
+        without, paramiko loads ``ssh.key_file`` itself."""
         ssh = self.host.ssh
         config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
-        secret: dict[str, str] = {}
-        if ssh.key_passphrase is not None:
-            try:
-                secret["passphrase"] = ssh.key_passphrase.resolve()
-            except SecretUnavailable as exc:
-                raise ConnectFailed(
-                    self.name, f"the passphrase of {ssh.key_file} (ssh.key_passphrase): {exc}"
-                ) from None
+        key: dict[str, Any]
+        if pkey is not None:
+            key = {"pkey": pkey}
+        else:
+            key = {"key_filename": str(ssh.key_file)}
+            passphrase = self._passphrase()
+            if passphrase is not None:
+                key["passphrase"] = passphrase
         conn = Connection(
             host=self.host.address,
             user=ssh.user,
@@ -90,12 +241,11 @@ class Remote:
             config=config,
             connect_timeout=ssh.connect_timeout_s,
             connect_kwargs={
-                "key_filename": str(ssh.key_file),
                 "look_for_keys": False,
                 "allow_agent": False,
                 "banner_timeout": ssh.connect_timeout_s,
                 "auth_timeout": ssh.connect_timeout_s,
-                **secret,
+                **key,
             },
         )
         client = conn.client
@@ -118,7 +268,7 @@ class Remote:
                     return self._conn
                 self._conn.close()
                 self._conn = None
-            conn = self._new_connection()
+            conn = self._new_connection(self._private_key())
             ssh = self.host.ssh
             where = f"{ssh.user}@{self.host.address}:{ssh.port}"
             try:

@@ -362,6 +362,7 @@ def migrate(
     from mdevtest.migration import Migrator
     from mdevtest.report.allure_meta import describe_coverage, history_safe_parameter
     from mdevtest.report.attach import attach_json, attach_migration, attach_text
+    from mdevtest.report.junit import junit_properties
     from mdevtest.report.summary import SummaryWriter, migration_entry
     from mdevtest.vendors import get_profile
 
@@ -462,26 +463,30 @@ def migrate(
         ]
         describe_coverage(request.node, lines)
     entries = []
+    migrations: list[dict[str, Any]] = []  # per migration, for JUnit: its entry, or what is known
     for outcome in outcomes:
         with contextlib.suppress(MdevtestError):
             attach_text(f"console {outcome.destination.label}", outcome.destination.serial_log())
             attach_text(f"qemu log {outcome.destination.label}", outcome.destination.log_tail(200))
         if outcome.result is not None:
-            entry = {**_summary_extra(lab, outcome, verdict), "workload": workload}
+            extra = {**_summary_extra(lab, outcome, verdict), "workload": workload}
             if outcome.workload_run is not None:
-                entry["workload_run"] = outcome.workload_run
+                extra["workload_run"] = outcome.workload_run
+            entry = migration_entry(
+                request.node.nodeid, outcome.result, coverage=outcome.coverage(), extra=extra
+            )
             entries.append(entry)
+            migrations.append(entry)
+        else:  # failed before QEMU migrated anything (the vGPUs did not check out)
+            migrations.append({"pair": outcome.pair.id, "failure_class": outcome.failure_class})
+    for name, value in junit_properties(migrations):
+        request.node.user_properties.append((name, value))  # = record_property: JUnit <property>
     for outcome in outcomes:
         lab.release(outcome.destination)
     if state.report_dir is not None:
         writer = SummaryWriter(state.report_dir, state.worker)
-        for outcome, extra in zip([o for o in outcomes if o.result is not None], entries, strict=True):
-            assert outcome.result is not None
-            writer.add(
-                migration_entry(
-                    request.node.nodeid, outcome.result, coverage=outcome.coverage(), extra=extra
-                )
-            )
+        for entry in entries:
+            writer.add(entry)
 
 
 def _discard_destination(lab: Testbed, outcome: MigrationOutcome) -> None:

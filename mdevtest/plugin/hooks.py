@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -377,52 +377,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     path = state.report_dir / "summary.json"
     if not path.exists():
         return
+    from mdevtest.report.terminal import migrations_table
+
     entries = json.loads(path.read_text()).get("migrations", [])
     tr = terminalreporter
     tr.section("mdevtest migrations")
-    tr.write_line(
-        f"{'pair':16} {'vgpu':10} {'workload':10} {'test':40} {'status':10} {'total ms':>9} "
-        f"{'downtime ms':>11} {'checks':>6} {'verdict':>8}"
-    )
     prefixes = [str(e.get("pair") or "") for e in entries]
     if state.inventory is not None:
         prefixes += [pair_param_id(p) for p in state.inventory.pairs]
-    lost = []
-    for e in entries:
-        test = _short_test_name(str(e.get("test_id", "")), prefixes)[:40]
-        tr.write_line(
-            f"{e.get('pair') or '-'!s:16} {_vgpu_label(e.get('vgpu')):10} "
-            f"{e.get('workload') or '-'!s:10} {test:40} "
-            f"{e.get('status')!s:10} {e.get('total_time_ms')!s:>9} "
-            f"{e.get('downtime_ms')!s:>11} {_checks_ran(e.get('coverage')):>6} {e.get('verdict')!s:>8}"
-        )
-        coverage = e.get("coverage") or {}
-        for name in coverage.get("missing_required") or ():
-            why = (coverage.get("skipped") or {}).get(name, "?")
-            lost.append(f"{e.get('test_id')} ({e.get('pair')}): required check {name} skipped: {why}")
-    for line in lost:
-        tr.write_line(line, red=True)
+    for row in migrations_table(entries, prefixes):
+        tr.write_line(row.text, red=row.red)
     tr.write_line(f"summary: {path}")
-
-
-def _checks_ran(coverage: object) -> str:
-    """``ran/all`` of a summary entry's checks (``7/9``: two were skipped); ``-`` without."""
-    if not isinstance(coverage, dict):
-        return "-"
-    ran = len(coverage.get("ran") or ())
-    return f"{ran}/{ran + len(coverage.get('skipped') or {})}"
-
-
-def _vgpu_label(vgpu: object) -> str:
-    """A summary entry's vGPU type as test ids show it (``GVTg_V5_4``); ``-`` without one."""
-    from mdevtest.vendors import UnknownVendorError, get_profile
-
-    if not isinstance(vgpu, dict) or not vgpu.get("type"):
-        return "-"
-    try:
-        return get_profile(str(vgpu.get("vendor"))).type_label(str(vgpu["type"]))
-    except UnknownVendorError:  # a vendor this version does not know (another version's summary)
-        return str(vgpu["type"])
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -435,20 +400,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     pairs = [(p.id, p.source, p.destination) for p in state.inventory.pairs]
     return HostSetScheduling(config, log, pairs)
-
-
-def _short_test_name(test_id: str, prefixes: Sequence[str]) -> str:
-    """``suites/x.py::test_y[host-a->host-b-GVTg_V5_4-multifd-2]`` -> ``test_y[multifd-2]``: the
-    longest of ``prefixes`` (pair ids, with or without the vGPU type) the parameters start with
-    goes, as pair and vGPU have their own columns."""
-    name = test_id.rsplit("::", maxsplit=1)[-1]
-    base, _, params = name.partition("[")
-    params = params.removesuffix("]")
-    for prefix in sorted({p for p in prefixes if p}, key=len, reverse=True):
-        if params == prefix or params.startswith(f"{prefix}-"):
-            params = params[len(prefix) :].lstrip("-")
-            break
-    return f"{base}[{params}]" if params else base
 
 
 def _take_down_lab_workers_started(state: SessionState) -> None:

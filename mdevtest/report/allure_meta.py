@@ -3,7 +3,7 @@
 Allure 2 reads these files from the results directory when it generates the report:
 
 - ``environment.properties``: the *Environment* widget (host kernels, QEMU, driver versions, guest
-  image), in Java properties format (:func:`write_environment`);
+  image, mdevtest's own version and commit), in Java properties format (:func:`write_environment`);
 - ``categories.json``: the *Categories* tab, which sorts failures by what went wrong
   (:data:`CATEGORIES`, :func:`write_categories`);
 - ``executor.json``: the *Executors* widget and the build labels of the trend graphs
@@ -42,6 +42,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from mdevtest.version import package_version, source_commit
 
 if TYPE_CHECKING:
     import pytest
@@ -102,7 +104,9 @@ def environment_facts(
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of a run: per host ``<host>.kernel``, ``<host>.qemu``, ``<host>.accel``,
-    then ``guest.image`` and whatever ``extra`` adds (vendor driver versions, the inventory)."""
+    then ``guest.image``, what measured it (``mdevtest.version``, and ``mdevtest.commit`` when
+    running from a source checkout: ``abc1234`` or ``abc1234 dirty``; see :mod:`mdevtest.version`)
+    and whatever ``extra`` adds (vendor driver versions, the inventory)."""
     facts: dict[str, str] = {}
     for h in sorted(hosts, key=lambda h: h.name):
         facts[f"{h.name}.kernel"] = h.kernel
@@ -110,6 +114,10 @@ def environment_facts(
         facts[f"{h.name}.accel"] = str(h.accel)
     if guest_image is not None:
         facts["guest.image"] = guest_image
+    facts["mdevtest.version"] = package_version()
+    commit = source_commit()
+    if commit is not None:
+        facts["mdevtest.commit"] = commit
     facts.update(extra or {})
     return facts
 

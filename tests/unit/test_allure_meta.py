@@ -107,9 +107,13 @@ def test_preflight_skipped():
     pytest.skip("host-a->host-b: preflight failed: host-b: no i915-GVTg_V5_4")
 
 
-def test_ssh_unreachable():
+def test_ssh_unreachable(tmp_path):
+    import paramiko
+
+    key = tmp_path / "id_rsa"  # a real key of its own: the lab's may not exist on this machine
+    paramiko.RSAKey.generate(1024).write_private_key_file(str(key))
     host = LAB.hosts[0]
-    ssh = host.ssh.model_copy(update={{"port": 1, "connect_timeout_s": 5}})
+    ssh = host.ssh.model_copy(update={{"port": 1, "connect_timeout_s": 5, "key_file": key}})
     Remote(host.model_copy(update={{"address": "127.0.0.1", "ssh": ssh}})).connect()
 
 
@@ -462,9 +466,11 @@ def test_environment_properties_escaping(tmp_path: Path) -> None:
     path.read_bytes().decode("ascii")  # ISO-8859-1-safe whatever the input
 
 
-def test_environment_facts_from_host_facts() -> None:
+def test_environment_facts_from_host_facts(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
+    monkeypatch.setattr("mdevtest.report.allure_meta.package_version", lambda: "0.1.0")
+    monkeypatch.setattr("mdevtest.report.allure_meta.source_commit", lambda: "abc1234 dirty")
     hosts = [
         SimpleNamespace(name="host-b", kernel="6.12", qemu_version="10.0.0", accel="tcg"),
         SimpleNamespace(name="host-a", kernel="6.1", qemu_version="7.2.22", accel="kvm"),
@@ -478,8 +484,15 @@ def test_environment_facts_from_host_facts() -> None:
         ("host-b.qemu", "10.0.0"),
         ("host-b.accel", "tcg"),
         ("guest.image", "img 2db6"),
+        ("mdevtest.version", "0.1.0"),
+        ("mdevtest.commit", "abc1234 dirty"),
         ("vgpu.driver", "mtty 6.12"),
     ]
+    # installed from a wheel: no checkout, so no commit, rather than an empty or made-up one
+    monkeypatch.setattr("mdevtest.report.allure_meta.source_commit", lambda: None)
+    facts = environment_facts(hosts)
+    assert facts["mdevtest.version"] == "0.1.0"
+    assert "mdevtest.commit" not in facts
 
 
 def test_executor_json(tmp_path: Path) -> None:

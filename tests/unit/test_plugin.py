@@ -149,7 +149,7 @@ def test_tests_are_grouped_by_host_set_for_xdist(pytester: pytest.Pytester) -> N
 
 
 def test_the_migration_table_names_the_test_without_repeating_the_pair() -> None:
-    from mdevtest.plugin.hooks import _short_test_name, _vgpu_label
+    from mdevtest.report.terminal import short_test_name, vgpu_label
 
     prefixes = ["host-a->host-b", "host-a->host-b-GVTg_V5_4", "host-b->host-a-GVTg_V5_4"]
     short = {
@@ -161,11 +161,13 @@ def test_the_migration_table_names_the_test_without_repeating_the_pair() -> None
         "suites/x.py::test_other[host-c->host-d]": "test_other[host-c->host-d]",
     }
     for test_id, name in short.items():
-        assert _short_test_name(test_id, prefixes) == name, test_id
-    assert _vgpu_label({"vendor": "simulated", "type": "i915-GVTg_V5_4"}) == "GVTg_V5_4"
-    assert _vgpu_label({"vendor": "mtty", "type": "mtty-2"}) == "mtty-2"
-    assert _vgpu_label({"vendor": "acme", "type": "acme-1"}) == "acme-1"
-    assert _vgpu_label(None) == "-"
+        assert short_test_name(test_id, prefixes) == name, test_id
+    assert vgpu_label({"vendor": "simulated", "type": "i915-GVTg_V5_4"}) == "GVTg_V5_4"
+    assert vgpu_label({"vendor": "mtty", "type": "mtty-2"}) == "mtty-2"
+    assert vgpu_label({"vendor": "acme", "type": "acme-1"}) == "acme-1"
+    assert vgpu_label(None) == "-"
+    sim = {"vendor": "simulated", "type": "i915-GVTg_V5_4", "simulated": True}
+    assert vgpu_label(sim) == "GVTg_V5_4 (sim)"
 
 
 def test_xdist_scope_is_the_host_set_of_the_pair_in_the_test_id() -> None:
@@ -264,7 +266,7 @@ def test_the_migration_table_shows_what_ran_and_names_required_checks_skipped(
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
         [
-            "*downtime ms checks  verdict",
+            "*downtime ms*checks*verdict",
             "host-a->host-b *test_live_migration * completed * 1/2 * failed",
             "s.py::test_live_migration[[]host-a->host-b[]] (host-a->host-b): "
             "required check ram-integrity skipped: no synthetic workload",
