@@ -13,16 +13,20 @@ One module per vendor (``gvt``, ``nvidia``, ``mtty``, ``simulated``), found by n
 
 :class:`QemuCaps` is what a host's QEMU supports, parsed from the real outputs of ``query-version``,
 ``-device vfio-pci,help`` and ``query-qmp-schema`` (probe, don't assume: labs mix versions).
+Every ``-device`` option a profile emits is checked against the properties that QEMU lists for
+the driver (:meth:`QemuCaps.check_device_options`, :func:`check_device_options`), so an option
+the QEMU lacks is refused here, naming it, instead of QEMU exiting at start on the lab host.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 import secrets
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -36,16 +40,25 @@ if TYPE_CHECKING:
 __all__ = [
     "ALL_CHECKS",
     "COMMON_TROUBLE",
+    "GENERIC_DEVICE_KEYS",
+    "VFIO_DRIVERS",
+    "VGPU_DEVICE_ID",
     "CaptureMethod",
+    "DeviceOptionError",
     "HostCheck",
     "Probe",
     "QemuCaps",
     "TypeInfo",
     "UnknownVendorError",
     "VendorProfile",
+    "check_device_options",
+    "device_arg",
     "get_profile",
     "known_vendors",
+    "parse_device_help",
     "run_probes",
+    "split_device_help",
+    "sysfsdev_option",
 ]
 
 CaptureMethod = Literal["qmp", "vnc", "none"]
@@ -66,6 +79,19 @@ _PROBE_TIMEOUT_S = 30.0
 
 class UnknownVendorError(MdevtestError):
     """No vendor profile has the requested name."""
+
+
+class DeviceOptionError(MdevError):
+    """A ``-device`` option that the QEMU's driver does not have: QEMU would exit at start.
+
+    Carries the driver, the option as written and the QEMU version it was checked against.
+    """
+
+    def __init__(self, message: str, *, driver: str, option: str, qemu_version: str) -> None:
+        super().__init__(message)
+        self.driver = driver
+        self.option = option
+        self.qemu_version = qemu_version
 
 
 def known_vendors() -> list[str]:
@@ -121,6 +147,11 @@ class QemuCaps:
     ``vfio_migration_prop`` is the ``vfio-pci`` property that turns migration on:
     ``x-enable-migration`` (protocol v1 in 5.2-7.2, experimental v2 in 8.0), ``enable-migration``
     (8.1+), or None (this QEMU cannot migrate VFIO devices).
+
+    ``vfio_properties`` are the properties ``-device vfio-pci,help`` lists;
+    ``nohotplug_properties`` those of ``vfio-pci-nohotplug`` (the only driver with ``ramfb``), or
+    None when that help was not probed: they are then inferred as vfio-pci's plus ``ramfb``,
+    which is what QEMU's subclass adds (seen in the captured 7.2 help).
     """
 
     version: tuple[int, int, int]
@@ -129,6 +160,7 @@ class QemuCaps:
     screendump_png: bool
     vfio_properties: frozenset[str] = frozenset()
     migration_capabilities: frozenset[str] = frozenset()
+    nohotplug_properties: frozenset[str] | None = None
 
     @property
     def version_text(self) -> str:
@@ -145,6 +177,34 @@ class QemuCaps:
         """The ``vfio-pci`` options that enable migration here (empty if it cannot)."""
         return () if self.vfio_migration_prop is None else (f"{self.vfio_migration_prop}=on",)
 
+    def device_properties(self, driver: str) -> tuple[frozenset[str], str]:
+        """The properties of VFIO ``driver`` here, and how they are known (``probed``, ``inferred``)."""
+        if driver == "vfio-pci":
+            return self.vfio_properties, "probed"
+        if driver == "vfio-pci-nohotplug":
+            if self.nohotplug_properties is not None:
+                return self.nohotplug_properties, "probed"
+            return (
+                self.vfio_properties | _NOHOTPLUG_ONLY,
+                "inferred: vfio-pci's properties plus ramfb (-device vfio-pci-nohotplug,help "
+                "was not probed)",
+            )
+        raise ValueError(f"no probed properties for -device {driver}; known: {', '.join(VFIO_DRIVERS)}")
+
+    def check_device_options(self, driver: str, options: Iterable[str]) -> None:
+        """Raise :class:`DeviceOptionError` unless every option is a property of VFIO ``driver``
+        in this QEMU; an option only the other VFIO driver has is named with that driver."""
+        props, how = self.device_properties(driver)
+        others = {d: self.device_properties(d)[0] for d in VFIO_DRIVERS if d != driver}
+        check_device_options(
+            driver,
+            options,
+            props,
+            qemu_version=self.version_text,
+            elsewhere=others,
+            note="" if how == "probed" else how,
+        )
+
     @classmethod
     def from_probe(
         cls,
@@ -155,11 +215,15 @@ class QemuCaps:
         """Parse the three probes' real outputs.
 
         * ``query_version_reply``: the QMP reply (``{"return": {"qemu": {...}}}``) or its value;
-        * ``device_help_text``: stdout of ``qemu-system-* -device vfio-pci,help``;
+        * ``device_help_text``: stdout of ``qemu-system-* -device vfio-pci,help``, optionally
+          followed by ``-device vfio-pci-nohotplug,help`` (each section starts with QEMU's
+          ``DRIVER options:`` line; text without such a line is vfio-pci's);
         * ``qmp_schema``: the ``query-qmp-schema`` reply or its ``return`` list.
         """
         version = _parse_version(query_version_reply)
-        props = parse_device_help(device_help_text)
+        sections = split_device_help(device_help_text)
+        props = parse_device_help(sections.get("vfio-pci", sections.get("", "")))
+        nohotplug = sections.get("vfio-pci-nohotplug")
         if "enable-migration" in props:
             prop: str | None = "enable-migration"
         elif "x-enable-migration" in props:
@@ -178,22 +242,95 @@ class QemuCaps:
             screendump_png="png" in formats,
             vfio_properties=frozenset(props),
             migration_capabilities=frozenset(capabilities),
+            nohotplug_properties=None if nohotplug is None else frozenset(parse_device_help(nohotplug)),
         )
 
 
-_HELP_LINE = re.compile(r"^\s*(?:[A-Za-z0-9_-]+\.)?([A-Za-z0-9_.-]+)=\S")
+#: The VFIO PCI drivers a profile may put on ``-device``. ``vfio-pci-nohotplug`` is vfio-pci
+#: that cannot be hot-unplugged, and the only one with ``ramfb`` (a boot display for the vGPU).
+VFIO_DRIVERS = ("vfio-pci", "vfio-pci-nohotplug")
+_NOHOTPLUG_ONLY = frozenset({"ramfb"})
+
+#: ``-device`` keys every driver takes besides its own properties (QEMU's ``qdev_device_add``
+#: reads them; ``-device DRIVER,help`` does not list them).
+GENERIC_DEVICE_KEYS = frozenset({"driver", "bus", "id"})
+
+#: The QOM id of the vGPU's VFIO device (``VFIO_MIGRATION`` events and ``screendump`` name it).
+VGPU_DEVICE_ID = "vgpu0"
+
+_HELP_LINE = re.compile(r"^\s*(?:[A-Za-z0-9_-]+\.)?([A-Za-z0-9_.-]+)=(?:<([^>]*)>|(\S+))")
+_HELP_HEADER = re.compile(r"^(\S+) options:\s*$")
 
 
-def parse_device_help(text: str) -> set[str]:
-    """Property names from ``-device DRIVER,help`` (``  name=<type>  - ...`` lines)."""
-    names = set()
+def parse_device_help(text: str) -> dict[str, str]:
+    """Property -> type from ``-device DRIVER,help`` (``  name=<type>  - ...`` lines; QEMU
+    before 2.x printed ``driver.name=type``). Header lines are skipped."""
+    props: dict[str, str] = {}
     for line in text.splitlines():
         if line.rstrip().endswith("options:"):
             continue
         match = _HELP_LINE.match(line)
         if match:
-            names.add(match.group(1))
-    return names
+            props[match.group(1)] = match.group(2) or match.group(3) or ""
+    return props
+
+
+def split_device_help(text: str) -> dict[str, str]:
+    """Several ``-device DRIVER,help`` outputs in one text, by driver (from QEMU's
+    ``DRIVER options:`` lines); lines before the first such line are under ``""``."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        header = _HELP_HEADER.match(line)
+        if header:
+            current = header.group(1)
+            sections.setdefault(current, [])
+        else:
+            sections.setdefault(current, []).append(line)
+    return {driver: "\n".join(lines) for driver, lines in sections.items()}
+
+
+def check_device_options(
+    driver: str,
+    options: Iterable[str],
+    help_props: Collection[str],
+    *,
+    qemu_version: str,
+    elsewhere: Mapping[str, Collection[str]] | None = None,
+    note: str = "",
+) -> None:
+    """Raise :class:`DeviceOptionError` for the first option that is not a property of ``driver``.
+
+    ``options`` are ``key=value`` (or bare ``key``) words of a ``-device`` argument after the
+    driver; ``help_props`` the driver's properties (:func:`parse_device_help` of its
+    ``-device DRIVER,help``, or :attr:`QemuCaps.vfio_properties`); ``elsewhere`` other drivers'
+    properties of the same QEMU, so the message can say which driver has the option; ``note``
+    says how the properties are known when they were not probed. Keys every driver takes
+    (:data:`GENERIC_DEVICE_KEYS`) always pass.
+    """
+    for option in options:
+        key = option.partition("=")[0]
+        if key in GENERIC_DEVICE_KEYS or key in help_props:
+            continue
+        where = f"QEMU {qemu_version}: -device {driver} has no property {key!r} (option {option!r})"
+        owners = [d for d, props in (elsewhere or {}).items() if key in props]
+        if not help_props:
+            hint = (
+                f"this QEMU lists no properties for {driver} (`-device {driver},help` printed "
+                "none): is it built with VFIO?"
+            )
+        elif owners:
+            hint = (
+                f"{key} is a property of {' and '.join(owners)} only: use -device {owners[0]} "
+                f"for it, or leave {key} out"
+            )
+        else:
+            close = difflib.get_close_matches(key, sorted(help_props), n=3, cutoff=0.75)
+            hint = (f"did you mean {' or '.join(close)}? " if close else "") + (
+                f"QEMU would refuse to start; see `qemu-system-x86_64 -device {driver},help`"
+            )
+        message = f"{where}; {hint}" + (f" ({note})" if note else "")
+        raise DeviceOptionError(message, driver=driver, option=option, qemu_version=qemu_version)
 
 
 def _parse_version(reply: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -406,7 +543,17 @@ class VendorProfile(ABC):
 
 def vfio_pci_device(sysfs_path: str, options: Iterable[str]) -> str:
     """``vfio-pci,sysfsdev=PATH,opt,...`` with commas in the path doubled (QEMU's escaping)."""
-    return ",".join(["vfio-pci", f"sysfsdev={sysfs_path.replace(',', ',,')}", *options])
+    return device_arg("vfio-pci", [sysfsdev_option(sysfs_path), *options])
+
+
+def sysfsdev_option(sysfs_path: str) -> str:
+    """``sysfsdev=PATH`` with commas in the path doubled (QEMU's option escaping)."""
+    return f"sysfsdev={sysfs_path.replace(',', ',,')}"
+
+
+def device_arg(driver: str, options: Iterable[str]) -> str:
+    """The value of ``-device``: ``DRIVER,opt,...`` (values already escaped)."""
+    return ",".join([driver, *options])
 
 
 def not_ours(profile: str, mdev_type: MdevType, why: str) -> MdevError:

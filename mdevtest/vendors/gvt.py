@@ -4,9 +4,14 @@
 * Types ``i915-GVTg_V<gen>_<n>`` (V5 on Gen9+, V4 on Gen8): ``n`` vGPUs share the GPU; the
   description (``intel_vgpu_show_description``) gives ``low_gm_size``, ``high_gm_size``, ``fence``,
   ``resolution`` and ``weight``.
-* QEMU: ``display=on`` (dma-buf, needs OpenGL: ``-display egl-headless``), the IGD OpRegion and a
-  ramfb for the boot display. QMP ``screendump`` returns "no surface" for dma-buf displays, so the
-  graphics check captures over VNC from egl-headless.
+* QEMU: ``-device vfio-pci-nohotplug,id=vgpu0,sysfsdev=...,display=on,ramfb=on,x-igd-opregion=on``
+  plus ``-display egl-headless``: the display is dma-buf (needs OpenGL), the ramfb shows the boot
+  display before the guest's i915 driver runs, and ``ramfb`` exists only on vfio-pci-nohotplug
+  (plain vfio-pci makes QEMU exit at start with it). Without a display (``GvtProfile(display=
+  False)``) it is ``-device vfio-pci,id=vgpu0,sysfsdev=...,x-igd-opregion=on``. Every option is
+  checked against the host QEMU's properties for the driver before QEMU starts. QMP
+  ``screendump`` returns "no surface" for dma-buf displays, so the graphics check captures over
+  VNC from egl-headless. No ``romfile=``: the inventory's ``vgpu`` has no place for one.
 * Upstream GVT-g implements no VFIO migration protocol; vendor trees may. The migration option is
   added whenever this QEMU has one, so such a tree is exercised as it would be on an mtty host.
 """
@@ -24,17 +29,19 @@ from mdevtest.mdev import MdevType
 from mdevtest.vendors import (
     COMMON_TROUBLE,
     IOMMU_PROBES,
+    VGPU_DEVICE_ID,
     CaptureMethod,
     HostCheck,
     QemuCaps,
     TypeInfo,
     VendorProfile,
     compile_patterns,
+    device_arg,
     iommu_check,
     module_loaded_snippet,
     not_ours,
     run_probes,
-    vfio_pci_device,
+    sysfsdev_option,
 )
 
 __all__ = ["GvtProfile", "GvtTypeInfo", "parse_gvt_description", "profile"]
@@ -108,6 +115,9 @@ def gvt_type_info(mdev_type: MdevType, profile_name: str = "GVT-g") -> GvtTypeIn
 
 
 class GvtProfile(VendorProfile):
+    """``display``: give the guest the vGPU's display (dma-buf + ramfb, captured over VNC from
+    egl-headless); off, the vGPU is a plain ``vfio-pci`` device without a QEMU console."""
+
     name: ClassVar[str] = "gvt"
     guest_display: ClassVar[str | None] = "8086"  # an Intel display function (PCI vendor 8086)
     capture_method: ClassVar[CaptureMethod] = "vnc"
@@ -122,6 +132,9 @@ class GvtProfile(VendorProfile):
             r"(?i)i915 .*GPU reset",
         ),
     )
+
+    def __init__(self, *, display: bool = True) -> None:
+        self.display = display
 
     def host_checks(self, executor: Executor, *, sysfs_root: str = "/") -> list[HostCheck]:
         param = shlex.quote(f"{sysfs_root.rstrip('/')}/sys/module/i915/parameters/enable_gvt")
@@ -161,17 +174,25 @@ class GvtProfile(VendorProfile):
             raise not_ours("GVT-g", mdev_type, "GVT-g type ids start with 'i915-'")
         return gvt_type_info(mdev_type)
 
+    def device_options(
+        self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
+    ) -> tuple[str, list[str]]:
+        """The ``-device`` driver and its options, each checked against ``qemu_caps``'s
+        properties for that driver (:class:`~mdevtest.vendors.DeviceOptionError` if one is not)."""
+        driver = "vfio-pci-nohotplug" if self.display else "vfio-pci"
+        options = [f"id={VGPU_DEVICE_ID}", sysfsdev_option(sysfs_path)]
+        if self.display:
+            options += ["display=on", "ramfb=on"]
+        options += ["x-igd-opregion=on", *qemu_caps.vfio_migration_options(), *extra]
+        qemu_caps.check_device_options(driver, options)
+        return driver, options
+
     def qemu_device_args(
         self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
     ) -> list[str]:
-        options = [
-            "display=on",
-            "x-igd-opregion=on",
-            "ramfb=on",
-            *qemu_caps.vfio_migration_options(),
-            *extra,
-        ]
-        return ["-device", vfio_pci_device(sysfs_path, options), "-display", "egl-headless"]
+        driver, options = self.device_options(sysfs_path, qemu_caps, extra=extra)
+        args = ["-device", device_arg(driver, options)]
+        return [*args, "-display", "egl-headless"] if self.display else args
 
 
 def profile() -> GvtProfile:

@@ -6,8 +6,10 @@
 * Types ``nvidia-<N>`` with a board/profile name (``GRID T4-2Q``, ``NVIDIA A40-4Q``: framebuffer
   in GiB and series: Q workstation, B vPC, A apps, C compute) and a ``key=value`` description
   (``num_heads=4, frl_config=60, framebuffer=2048M, max_resolution=4096x2160, max_instance=8``).
-* QEMU: a plain ``vfio-pci,sysfsdev=...`` with the migration option this QEMU has; the display is
-  the guest driver's, captured over VNC.
+* QEMU: ``-device vfio-pci,id=vgpu0,sysfsdev=...,display=on`` with the migration option this QEMU
+  has; ``display=on`` (the vGPU's own display through VFIO's display region) only where this QEMU's
+  vfio-pci has the ``display`` property. Every option is checked against the host QEMU's
+  properties before QEMU starts. The display is captured over VNC.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from mdevtest.mdev import MdevType
 from mdevtest.vendors import (
     COMMON_TROUBLE,
     IOMMU_PROBES,
+    VGPU_DEVICE_ID,
     CaptureMethod,
     HostCheck,
     QemuCaps,
     TypeInfo,
     VendorProfile,
     compile_patterns,
+    device_arg,
     iommu_check,
     module_loaded_snippet,
     not_ours,
     run_probes,
-    vfio_pci_device,
+    sysfsdev_option,
 )
 
 __all__ = ["NvidiaProfile", "NvidiaTypeInfo", "parse_nvidia_description", "profile"]
@@ -174,11 +178,24 @@ class NvidiaProfile(VendorProfile):
             max_instances=_int(fields, "max_instance"),
         )
 
+    def device_options(
+        self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
+    ) -> tuple[str, list[str]]:
+        """The ``-device`` driver and its options, each checked against ``qemu_caps``'s
+        properties (:class:`~mdevtest.vendors.DeviceOptionError` if one is not there)."""
+        driver = "vfio-pci"
+        options = [f"id={VGPU_DEVICE_ID}", sysfsdev_option(sysfs_path)]
+        if "display" in qemu_caps.vfio_properties:
+            options.append("display=on")
+        options += [*qemu_caps.vfio_migration_options(), *extra]
+        qemu_caps.check_device_options(driver, options)
+        return driver, options
+
     def qemu_device_args(
         self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
     ) -> list[str]:
-        options = [*qemu_caps.vfio_migration_options(), *extra]
-        return ["-device", vfio_pci_device(sysfs_path, options)]
+        driver, options = self.device_options(sysfs_path, qemu_caps, extra=extra)
+        return ["-device", device_arg(driver, options)]
 
 
 def profile() -> NvidiaProfile:
