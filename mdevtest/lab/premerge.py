@@ -21,7 +21,6 @@ the run's report dir: ``baseline/`` and ``patched/`` (``summary.json``, ``allure
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
@@ -29,11 +28,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from mdevtest.errors import LabError, MdevtestError
 from mdevtest.inventory import Inventory
 from mdevtest.lab.nested_image import ModuleInfo, module_info
+
+if TYPE_CHECKING:
+    from mdevtest.report.summary import SummaryEntry
 
 Progress = Callable[[str], None]
 
@@ -77,38 +79,40 @@ class SuiteRun:
 
     def failures(self) -> list[str]:
         """One line per migration whose test did not pass: the test, and what failed."""
-        entries = self._entries()
-        if entries is None:
+        from mdevtest.report.summary import SummaryError, read_summary
+
+        if not self.summary.exists():
             return [f"{self.label}: no summary.json (pytest exited {self.returncode})"]
+        try:
+            entries = read_summary(self.summary).migrations
+        except SummaryError as exc:  # unreadable, or not one this mdevtest reads
+            return [f"{self.label}: {exc} (pytest exited {self.returncode})"]
         lines = []
         for e in entries:
-            if e.get("verdict") == "passed":
+            if e.verdict == "passed":
                 continue
-            failed = [
-                str(c.get("message") or name)
-                for name, c in (e.get("checks") or {}).items()
-                if c.get("status") == "failed"
-            ]
-            what = "; ".join(failed) or str(e.get("error") or f"status {e.get('status')}")
-            lines.append(f"{e.get('test_id')} [{e.get('pair')}]: {what}")
+            failed = [c.message or name for name, c in (e.checks or {}).items() if c.status == "failed"]
+            what = "; ".join(failed) or e.error or f"status {e.status}"
+            lines.append(f"{e.test_id} [{e.pair}]: {what}")
         return lines
 
     def known_issues(self) -> list[str]:
         """One line per migration reported as an expected failure: its known issue."""
         return [
-            f"{e.get('test_id')} [{e.get('pair')}]: known issue {issue.get('id')} "
-            f"({issue.get('evidence')})"
-            for e in self._entries() or []
-            if isinstance(issue := e.get("known_issue"), dict)
+            f"{e.test_id} [{e.pair}]: known issue {e.known_issue.id} ({e.known_issue.evidence})"
+            for e in self._entries()
+            if e.known_issue is not None
         ]
 
-    def _entries(self) -> list[dict[str, Any]] | None:
-        """The summary's migrations; None without a readable summary.json."""
+    def _entries(self) -> list[SummaryEntry]:
+        """The summary's migrations; none without a readable, valid summary.json (which
+        :meth:`failures` reports)."""
+        from mdevtest.report.summary import SummaryError, read_summary
+
         try:
-            entries: list[dict[str, Any]] = json.loads(self.summary.read_text()).get("migrations", [])
-        except (OSError, ValueError):
-            return None
-        return entries
+            return read_summary(self.summary).migrations
+        except SummaryError:
+            return []
 
 
 @dataclass

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mdevtest.plugin.lease import LeaseManager
     from mdevtest.preflight import PreflightReport
     from mdevtest.qemu.machine import RemoteMachine
+    from mdevtest.report.summary import SummaryEntry
     from mdevtest.testbed import Testbed, VgpuAllocation
 
 
@@ -462,27 +463,31 @@ def migrate(
             for i, o in enumerate(outcomes, 1)
         ]
         describe_coverage(request.node, lines)
-    entries = []
-    migrations: list[dict[str, Any]] = []  # per migration, for JUnit: its entry, or what is known
-    for outcome in outcomes:
-        with contextlib.suppress(MdevtestError):
-            attach_text(f"console {outcome.destination.label}", outcome.destination.serial_log())
-            attach_text(f"qemu log {outcome.destination.label}", outcome.destination.log_tail(200))
-        if outcome.result is not None:
-            extra = {**_summary_extra(lab, outcome, verdict), "workload": workload}
-            if outcome.workload_run is not None:
-                extra["workload_run"] = outcome.workload_run
-            entry = migration_entry(
-                request.node.nodeid, outcome.result, coverage=outcome.coverage(), extra=extra
-            )
-            entries.append(entry)
-            migrations.append(entry)
-        else:  # failed before QEMU migrated anything (the vGPUs did not check out)
-            migrations.append({"pair": outcome.pair.id, "failure_class": outcome.failure_class})
-    for name, value in junit_properties(migrations):
-        request.node.user_properties.append((name, value))  # = record_property: JUnit <property>
-    for outcome in outcomes:
-        lab.release(outcome.destination)
+    entries: list[SummaryEntry] = []
+    # per migration, for JUnit: its entry, or what is known
+    migrations: list[SummaryEntry | dict[str, Any]] = []
+    try:
+        for outcome in outcomes:
+            with contextlib.suppress(MdevtestError):
+                attach_text(f"console {outcome.destination.label}", outcome.destination.serial_log())
+                attach_text(f"qemu log {outcome.destination.label}", outcome.destination.log_tail(200))
+            if outcome.result is not None:
+                extra = {**_summary_extra(lab, outcome, verdict), "workload": workload}
+                if outcome.workload_run is not None:
+                    extra["workload_run"] = outcome.workload_run
+                # validated here: a key SummaryEntry lacks or a bad value fails this test
+                entry = migration_entry(
+                    request.node.nodeid, outcome.result, coverage=outcome.coverage(), extra=extra
+                )
+                entries.append(entry)
+                migrations.append(entry)
+            else:  # failed before QEMU migrated anything (the vGPUs did not check out)
+                migrations.append({"pair": outcome.pair.id, "failure_class": outcome.failure_class})
+        for name, value in junit_properties(migrations):
+            request.node.user_properties.append((name, value))  # = record_property: JUnit <property>
+    finally:  # an entry that fails validation must not leave destinations running
+        for outcome in outcomes:
+            lab.release(outcome.destination)
     if state.report_dir is not None:
         writer = SummaryWriter(state.report_dir, state.worker)
         for entry in entries:

@@ -367,8 +367,6 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     state = state_of(config)
     if state.report_dir is None or not state.is_controller:
         return
-    import json
-
     result = config.stash.get(BASELINE_RESULT, None)
     if result is not None:
         terminalreporter.section("mdevtest baseline", red=not result.passed, green=result.passed)
@@ -377,12 +375,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     path = state.report_dir / "summary.json"
     if not path.exists():
         return
+    from mdevtest.report.summary import SummaryError, read_summary
     from mdevtest.report.terminal import migrations_table
 
-    entries = json.loads(path.read_text()).get("migrations", [])
     tr = terminalreporter
     tr.section("mdevtest migrations")
-    prefixes = [str(e.get("pair") or "") for e in entries]
+    try:
+        entries = read_summary(path).migrations
+    except SummaryError as exc:
+        tr.write_line(f"summary: {exc}", red=True)
+        return
+    prefixes = [e.pair or "" for e in entries]
     if state.inventory is not None:
         prefixes += [pair_param_id(p) for p in state.inventory.pairs]
     for row in migrations_table(entries, prefixes):

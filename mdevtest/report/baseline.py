@@ -20,22 +20,38 @@ not failures (a suite grew, or a pair was filtered out).
 
 p95 is linear interpolation between closest ranks (numpy's default), so with one migration it is
 that migration's figure and with two it is close to the larger one.
+
+Both documents are parsed into :class:`~mdevtest.report.summary.SummaryFile` first (a file
+without ``schema_version`` is version 0, of the same shape); one that is not a valid summary, or
+is of a newer schema version, is a :class:`BaselineError` naming the file and the bad key.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from mdevtest.errors import MdevtestError
 
+if TYPE_CHECKING:
+    from mdevtest.report.summary import SummaryEntry, SummaryFile
+
 Unit = Literal["ms", "bytes"]
 Stat = Literal["median", "p95"]
+#: The figures of :class:`~mdevtest.report.summary.SummaryEntry` the gate compares.
+MetricField = Literal[
+    "downtime_ms",
+    "observed_downtime_ms",
+    "total_time_ms",
+    "ram_transferred_bytes",
+    "vfio_transferred_bytes",
+]
+#: A summary document: as loaded from JSON (any schema version), or parsed.
+Summary: TypeAlias = "Mapping[str, Any] | SummaryFile"
 
 
 class BaselineError(MdevtestError):
@@ -94,7 +110,7 @@ class Tolerance:
 class Metric:
     """One compared figure: the summary field, the statistic over a test's migrations, the unit."""
 
-    field: str
+    field: MetricField
     stat: Stat
     label: str
     unit: Unit
@@ -188,50 +204,41 @@ class BaselineReport:
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
-    """Read a ``summary.json``; :class:`BaselineError` says what is wrong with the file."""
-    path = Path(path)
+    """Read and validate a ``summary.json`` (any schema version up to
+    :data:`~mdevtest.report.summary.SCHEMA_VERSION`); :class:`BaselineError` says what is wrong
+    with the file."""
+    return _read(path).to_json()
+
+
+def _read(path: str | Path) -> SummaryFile:
+    from mdevtest.report.summary import SummaryError, read_summary
+
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BaselineError(
-            f"summary {path} does not exist; pass the summary.json of an earlier run "
-            "(written under --mdevtest-report-dir)"
-        ) from None
-    except OSError as exc:
-        raise BaselineError(f"cannot read summary {path}: {exc.strerror or exc}") from exc
+        return read_summary(path)
+    except SummaryError as exc:
+        raise BaselineError(str(exc)) from exc
+
+
+def _parse(doc: Summary, where: str) -> SummaryFile:
+    from mdevtest.report.summary import SummaryError, parse_summary
+
     try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BaselineError(
-            f"summary {path} is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from exc
-    _validate(doc, str(path))
-    return dict(doc)
+        return parse_summary(doc, where)
+    except SummaryError as exc:
+        raise BaselineError(str(exc)) from exc
 
 
-def _validate(doc: object, where: str) -> None:
-    if not isinstance(doc, dict) or not isinstance(doc.get("migrations"), list):
-        raise BaselineError(f"summary {where}: not an mdevtest summary (no 'migrations' list)")
-    for i, entry in enumerate(doc["migrations"]):
-        if not isinstance(entry, dict) or not isinstance(entry.get("test_id"), str):
-            raise BaselineError(f"summary {where}: migrations[{i}] has no test_id")
-
-
-def compare(
-    before: Mapping[str, Any], after: Mapping[str, Any], *, tolerance: Tolerance | None = None
-) -> list[Regression]:
+def compare(before: Summary, after: Summary, *, tolerance: Tolerance | None = None) -> list[Regression]:
     """The regressions of ``after`` against ``before`` (two summary.json documents)."""
     return list(diff(before, after, tolerance=tolerance).regressions)
 
 
-def diff(
-    before: Mapping[str, Any], after: Mapping[str, Any], *, tolerance: Tolerance | None = None
-) -> BaselineReport:
-    """Compare two summary documents: regressions plus the tests only one of them has."""
+def diff(before: Summary, after: Summary, *, tolerance: Tolerance | None = None) -> BaselineReport:
+    """Compare two summary documents (loaded JSON or parsed): regressions plus the tests only
+    one of them has. A document that is not a valid summary raises :class:`BaselineError`."""
     tol = tolerance or Tolerance()
-    _validate(before, "before")
-    _validate(after, "after")
-    old, new = _by_test(before["migrations"]), _by_test(after["migrations"])
+    old = _by_test(_parse(before, "before").migrations)
+    new = _by_test(_parse(after, "after").migrations)
     common = [t for t in new if t in old]
     regressions: list[Regression] = []
     for test_id in common:
@@ -249,30 +256,30 @@ def gate(
     baseline: str | Path, summary: str | Path, *, tolerance: Tolerance | None = None
 ) -> BaselineReport:
     """Load both files and compare: the one call the plugin's session-finish hook makes."""
-    return diff(load_summary(baseline), load_summary(summary), tolerance=tolerance)
+    return diff(_read(baseline), _read(summary), tolerance=tolerance)
 
 
-def _by_test(entries: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
-    grouped: dict[str, list[Mapping[str, Any]]] = {}
+def _by_test(entries: Iterable[SummaryEntry]) -> dict[str, list[SummaryEntry]]:
+    grouped: dict[str, list[SummaryEntry]] = {}
     for entry in entries:
-        grouped.setdefault(str(entry["test_id"]), []).append(entry)
+        grouped.setdefault(entry.test_id, []).append(entry)
     return dict(sorted(grouped.items()))
 
 
 def _compare_test(
     test_id: str,
-    old: Sequence[Mapping[str, Any]],
-    new: Sequence[Mapping[str, Any]],
+    old: Sequence[SummaryEntry],
+    new: Sequence[SummaryEntry],
     tol: Tolerance,
 ) -> list[Regression]:
     found: list[Regression] = []
-    old_bad = [str(e.get("status")) for e in old if e.get("status") != "completed"]
-    new_bad = [str(e.get("status")) for e in new if e.get("status") != "completed"]
+    old_bad = [str(e.status) for e in old if e.status != "completed"]
+    new_bad = [str(e.status) for e in new if e.status != "completed"]
     if new_bad and not old_bad:
         now = new_bad[0] if len(new) == 1 else f"{new_bad[0]} ({len(new_bad)} of {len(new)})"
         found.append(Regression(test_id, "status", "completed", now, None))
-    old_ok = [e for e in old if e.get("status") == "completed"]
-    new_ok = [e for e in new if e.get("status") == "completed"]
+    old_ok = [e for e in old if e.status == "completed"]
+    new_ok = [e for e in new if e.status == "completed"]
     for metric in METRICS:
         a, b = _values(old_ok, metric.field), _values(new_ok, metric.field)
         if not a or not b:
@@ -284,10 +291,10 @@ def _compare_test(
     return found
 
 
-def _values(entries: Iterable[Mapping[str, Any]], key: str) -> list[float]:
+def _values(entries: Iterable[SummaryEntry], key: MetricField) -> list[float]:
     out = []
     for e in entries:
-        v = e.get(key)
+        v = getattr(e, key)
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
             out.append(float(v))
     return out

@@ -20,17 +20,23 @@ fail, no figures when it failed before QEMU migrated anything.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mdevtest.report.summary import SummaryEntry
 
 #: Summary-entry fields that become properties, in this order.
 FIELDS = ("pair", "downtime_ms", "observed_downtime_ms", "total_time_ms", "failure_class")
 
 
-def junit_properties(migrations: Sequence[Mapping[str, Any]]) -> list[tuple[str, object]]:
+def junit_properties(
+    migrations: Sequence[SummaryEntry | Mapping[str, Any]],
+) -> list[tuple[str, object]]:
     """``(name, value)`` pairs for a test's ``migrations`` (summary entries, or for a migration
     that produced none, what is known of it: ``pair`` and ``failure_class``)."""
     props: list[tuple[str, object]] = []
     for i, entry in enumerate(migrations, 1):
         prefix = f"m{i}." if len(migrations) > 1 else ""
-        props += [(prefix + name, entry[name]) for name in FIELDS if entry.get(name) is not None]
+        values = entry if isinstance(entry, Mapping) else entry.to_json()
+        props += [(prefix + name, values[name]) for name in FIELDS if values.get(name) is not None]
     return props
