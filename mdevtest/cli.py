@@ -3,13 +3,17 @@
     mdevtest inventory check PATH      validate an inventory and print the lab it describes
     mdevtest lab up|down|status|reap   manage an embedded lab (root): --flavor netns|nested
     mdevtest report                    make the HTML report from Allure results (Allure 2, npm)
+    mdevtest workloads                 list the known workloads: name, kind, driver, description
     mdevtest premerge --patch PATCH    judge an mtty driver change on the nested lab (root)
+    mdevtest schema summary|inventory  print the JSON Schema of summary.json or of an inventory
+    mdevtest export --format csv|influx SUMMARY   one line per migration, for a dashboard
     mdevtest --version                 the version, and the commit when run from a checkout
 
 Exit codes: 0 success; 1 the lab is not up (``lab status``); 2 bad command line (``report``: no
-results to report on); 3 bad inventory; 4 the lab or a host failed (``report``: node, npm, java or
-the generator failed); 5 the driver change failed the suite or regressed against the baseline
-(``premerge``); 130 interrupted. Errors are one short message, never a traceback.
+results to report on; ``export``: the summary is missing or invalid); 3 bad inventory; 4 the lab
+or a host failed (``report``: node, npm, java or the generator failed); 5 the driver change failed
+the suite or regressed against the baseline (``premerge``); 130 interrupted. Errors are one short
+message, never a traceback.
 """
 
 from __future__ import annotations
@@ -110,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
                      "(default: generous, for TCG timings)")  # fmt: skip
     pre.add_argument("--keep-lab", action="store_true", help="leave the nested lab up at the end")
 
+    sub.add_parser("workloads", help="list the known workloads (workloads/*.yaml)")
+
+    schema = sub.add_parser("schema", help="print the JSON Schema of summary.json or of an inventory")
+    schema.add_argument("which", choices=sorted(SCHEMAS), help="summary: a summary.json; "
+                        "inventory: an inventory file (its YAML's structure)")  # fmt: skip
+
+    export = sub.add_parser("export", help="summary.json as one line per migration (CSV, InfluxDB)")
+    export.add_argument("--format", choices=["csv", "influx"], required=True,
+                        help="csv: a header, then a row per migration; influx: InfluxDB line "
+                        "protocol, measurement mdevtest_migration")  # fmt: skip
+    export.add_argument("summary", metavar="SUMMARY", help="a summary.json")
+
     rep = sub.add_parser("report", help="make the HTML report from Allure results (Allure 2, npm)")
     rep.add_argument(
         "--results",
@@ -209,6 +225,60 @@ def _status_all() -> int:
     return EXIT_OK if any_up else EXIT_NOT_UP
 
 
+def _workloads() -> int:
+    """One line per known workload; each is bound to its driver, so a broken one fails here."""
+    from mdevtest.workloads.registry import DEFINITIONS_DIR, get_workload, known_workloads
+
+    header = ("NAME", "KIND", "DRIVER", "DESCRIPTION")
+    rows = [header]
+    for name in known_workloads():
+        definition = get_workload(name).definition
+        summary = definition.description.strip().splitlines()[0]
+        rows.append((definition.name, definition.kind, definition.driver, summary))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]]))
+    print(f"{len(rows) - 1} workload(s) in {DEFINITIONS_DIR}")
+    return EXIT_OK
+
+
+#: ``mdevtest schema`` choices: the model whose JSON Schema each prints.
+SCHEMAS = ("inventory", "summary")
+
+
+def _schema(which: str) -> int:
+    """The JSON Schema (draft 2020-12, as pydantic writes it) on stdout; docs/schema/ holds
+    copies that a unit test keeps in step."""
+    import json
+
+    if which == "summary":
+        from mdevtest.report.summary import summary_json_schema
+
+        schema = summary_json_schema()
+    else:
+        from mdevtest.inventory import Inventory
+
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Inventory.model_json_schema(),
+        }
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def _export(fmt: str, path: str) -> int:
+    from mdevtest.report.summary import SummaryError, export_csv, export_influx, read_summary
+
+    try:
+        summary = read_summary(path)
+    except SummaryError as exc:
+        print(f"mdevtest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    export = export_csv if fmt == "csv" else export_influx
+    sys.stdout.write(export(summary.migrations))
+    return EXIT_OK
+
+
 def _report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -260,8 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inventory_check(args.path)
         if args.command == "report":
             return _report(args)
+        if args.command == "workloads":
+            return _workloads()
         if args.command == "premerge":
             return _premerge(args)
+        if args.command == "schema":
+            return _schema(args.which)
+        if args.command == "export":
+            return _export(args.format, args.summary)
         return _lab(args.action, args.inventory, args.flavor, no_image=args.no_image)
     except InventoryError as exc:
         print(f"mdevtest: {exc}", file=sys.stderr)

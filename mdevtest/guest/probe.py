@@ -28,12 +28,13 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from mdevtest.data import data_dir
 from mdevtest.errors import GuestError, LabError
 from mdevtest.guest.qga import GuestAgent
 
 __all__ = ["GUEST_PATH", "deploy_probe", "probe_binary"]
 
-SOURCE = Path(__file__).resolve().parents[2] / "workloads" / "synthetic" / "mdt-workload.c"
+SOURCE = data_dir("workloads") / "synthetic" / "mdt-workload.c"
 DEFAULT_CACHE_DIR = Path("/var/cache/mdevtest/probe")
 GUEST_PATH = "/tmp/mdt-workload"
 _CFLAGS = ("-std=c99", "-static", "-O2", "-s", "-Wall", "-Wextra")

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mdevtest.data import data_dir
 from mdevtest.errors import LabError
 from mdevtest.guest.image import sha256_file
 from mdevtest.lab.nested_image import (
@@ -121,7 +122,7 @@ APPEND = (
 #: Modules the initramfs needs to mount the root disk.
 INITRAMFS_MODULES: tuple[str, ...] = ("virtio_pci", "virtio_blk", "ext4")
 
-DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[2] / "workloads" / "desktop"
+DEFAULT_SOURCE_DIR = data_dir("workloads") / "desktop"
 _SOURCES = ("init", "qemu-ga", "xserver", "udhcpc.script")
 _ESP_MIB = 128
 _MKFS_ROOT = ("mkfs.ext4", "-q", "-F", "-L", "mdt-root", "-m", "0", "-E", "root_owner=0:0", "-d")

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from mdevtest.data import data_dir
 from mdevtest.errors import LabError
 from mdevtest.filelock import locked
 from mdevtest.guest.image import sha256_file
@@ -67,8 +68,8 @@ MODULE_PARAMS: Mapping[str, str] = {}
 #: really is in video memory.
 BASE_APPEND = "console=ttyS0,115200 panic=-1 iomem=relaxed"
 
-#: Where the guest-side sources live in a source checkout.
-DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[2] / "workloads" / "synthetic"
+#: Where the guest-side sources live: the checkout's ``workloads/``, or the installed copy.
+DEFAULT_SOURCE_DIR = data_dir("workloads") / "synthetic"
 
 _BUSYBOX = Path("/bin/busybox")
 _CC = "gcc"

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from mdevtest.data import data_dir
 from mdevtest.errors import LabError
 from mdevtest.filelock import locked
 from mdevtest.lab.image import GuestImage, _check_busybox, _CpioWriter, _modinfo
@@ -157,8 +158,8 @@ ClientAliveInterval 15
 ClientAliveCountMax 8
 """
 
-#: Where the guest-side sources live in a source checkout.
-DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[2] / "workloads" / "mtty"
+#: Where the guest-side sources live: the checkout's ``workloads/``, or the installed copy.
+DEFAULT_SOURCE_DIR = data_dir("workloads") / "mtty"
 
 _APT_INSTALL = ("apt-get", "install", "-y", "-q", "--no-install-recommends")
 _MKFS = ("mkfs.ext4", "-q", "-F", "-L", "mdt-l1-root", "-m", "0", "-E", "root_owner=0:0", "-d")

@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from mdevtest.data import data_dir
 from mdevtest.workloads.base import (
     Requirements,
     UnknownWorkload,
@@ -39,8 +40,9 @@ __all__ = [
     "load_definitions",
 ]
 
-#: The definitions shipped with mdevtest (the repository's top-level ``workloads/`` folder).
-DEFINITIONS_DIR = Path(__file__).resolve().parents[2] / "workloads"
+#: The definitions shipped with mdevtest: the checkout's top-level ``workloads/`` folder, or the
+#: installed copy (:func:`mdevtest.data.data_dir`).
+DEFINITIONS_DIR = data_dir("workloads")
 
 #: Driver name -> ``module:class``, imported on first use.
 DRIVERS: Mapping[str, str] = {
