@@ -56,3 +56,19 @@ def test_bad_arguments_are_usage_errors() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["lab", "sideways"])
     assert exc.value.code == EXIT_USAGE
+
+
+def test_a_reader_that_leaves_early_is_not_a_traceback() -> None:
+    """`mdevtest schema inventory | head -c 1`: the pipe closes under the writer."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        ["sh", "-c", f"{sys.executable} -m mdevtest.cli schema inventory | head -c 1 >/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "BrokenPipeError" not in proc.stderr
