@@ -112,6 +112,9 @@ MEDIA_CLIPS: Mapping[str, tuple[str, ...]] = {
 }  # fmt: skip
 ANNEX_B_CLIP = "/opt/mdt/media/in-720p-h264.h264"
 
+#: The GStreamer plugin registry, built into the image (see ``workloads/desktop/qemu-ga``).
+GST_REGISTRY = "/usr/lib/mdt/gstreamer-registry.bin"
+
 #: Kernel command line of the loader entry (root is the second GPT partition, read-only).
 #: ``iomem=relaxed`` lets the probe map the display's BAR for the device-memory check.
 APPEND = (
@@ -268,6 +271,8 @@ class _Builder(_CachedBuilder):
                 )
             with self._step("media clips"), _proc_mounted(run, root):
                 self._media(root)
+            with self._step("GStreamer registry"), _proc_mounted(run, root):
+                self._gst_registry(root)
             kernel_version = _kernel_version(root)
             packages = _package_versions(run, root)
             self._configure(root, sources)
@@ -343,6 +348,21 @@ class _Builder(_CachedBuilder):
             ["ffmpeg", "-hide_banner", "-nostdin", "-y", "-i", mp4, "-c:v", "copy",
              "-bsf:v", "h264_mp4toannexb", "-f", "h264", ANNEX_B_CLIP],
         )  # fmt: skip
+
+    def _gst_registry(self, root: Path) -> None:
+        """GStreamer scans every plugin on its first run and caches that under $HOME, which is
+        a tmpfs here: under TCG the scan outlasts a 60 s presence check on every boot. The
+        image carries the registry instead (the agent's children get ``GST_REGISTRY``)."""
+        (root / GST_REGISTRY.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        self.runner.chroot(
+            root,
+            "build the GStreamer registry",
+            ["env", f"GST_REGISTRY={GST_REGISTRY}", "gst-inspect-1.0"],
+        )
+        registry = root / GST_REGISTRY.lstrip("/")
+        if not registry.is_file():
+            raise LabError(f"desktop image: gst-inspect-1.0 wrote no {GST_REGISTRY}")
+        registry.chmod(0o644)
 
     def _configure(self, root: Path, sources: Mapping[str, bytes]) -> None:
         init = root / "usr/sbin/mdt-init"
