@@ -167,20 +167,11 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
     ]  # fmt: skip
     # Disks in a fixed order: the guest's own disk is vda, then the pattern disk, then the seed.
     if spec.disk is not None:
-        argv += [
-            "-drive", f"file={paths.disk_overlay},if=none,id=disk0,format=qcow2,readonly=on",
-            "-device", "virtio-blk-pci,drive=disk0,id=vdisk0,bootindex=0",
-        ]  # fmt: skip
+        argv += _read_only_disk(paths.disk_overlay, "qcow2", "disk0", "id=vdisk0,bootindex=0")
     if spec.pattern_disk is not None:
-        argv += [
-            "-drive", f"file={spec.pattern_disk},if=none,id=pat0,format=raw,readonly=on",
-            "-device", f"virtio-blk-pci,drive=pat0,id=vpat0,serial={PATTERN_SERIAL}",
-        ]  # fmt: skip
+        argv += _read_only_disk(spec.pattern_disk, "raw", "pat0", f"id=vpat0,serial={PATTERN_SERIAL}")
     if spec.cloud_init is not None:
-        argv += [
-            "-drive", f"file={spec.cloud_init},if=none,id=seed0,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,drive=seed0,id=vseed0",
-        ]  # fmt: skip
+        argv += _read_only_disk(spec.cloud_init, "raw", "seed0", "id=vseed0")
     if spec.agent or spec.control == "vport":
         argv += ["-device", "virtio-serial-pci,id=vser0"]
     if spec.agent:
@@ -188,18 +179,24 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
             "-chardev", f"socket,id=qga0,path={paths.qga_sock},server=on,wait=off",
             "-device", f"virtserialport,bus=vser0.0,nr=1,chardev=qga0,name={AGENT_PORT}",
         ]  # fmt: skip
-    if spec.control == "uart":
+    if spec.control != "none":
+        control_device = {
+            "uart": "isa-serial,chardev=ctl0,index=1",
+            "vport": f"virtserialport,bus=vser0.0,nr=2,chardev=ctl0,name={CONTROL_PORT}",
+        }[spec.control]
         argv += [
             "-chardev",
             f"socket,id=ctl0,path={paths.ctl_sock},server=on,wait=off,logfile={paths.ctl_log}",
-            "-device", "isa-serial,chardev=ctl0,index=1",
-        ]  # fmt: skip
-    elif spec.control == "vport":
-        argv += [
-            "-chardev",
-            f"socket,id=ctl0,path={paths.ctl_sock},server=on,wait=off,logfile={paths.ctl_log}",
-            "-device", f"virtserialport,bus=vser0.0,nr=2,chardev=ctl0,name={CONTROL_PORT}",
+            "-device", control_device,
         ]  # fmt: skip
     if spec.incoming is not None:
         argv += ["-incoming", spec.incoming]
     return argv
+
+
+def _read_only_disk(file: str, fmt: str, drive_id: str, device_options: str) -> list[str]:
+    """A virtio disk the guest may read but never write (no shared storage between hosts)."""
+    return [
+        "-drive", f"file={file},if=none,id={drive_id},format={fmt},readonly=on",
+        "-device", f"virtio-blk-pci,drive={drive_id},{device_options}",
+    ]  # fmt: skip
