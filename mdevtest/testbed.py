@@ -369,13 +369,13 @@ class Testbed:
             machine.start()
             timeout = self.inventory.guest.boot_timeout_s
             started = time.monotonic()
+            agent = GuestAgent(lambda: machine)
             if image.ready_marker is not None:
                 wait_ready(machine, timeout=timeout, marker=image.ready_marker)
             else:
-                agent = GuestAgent(lambda: machine)
                 machine.os_info = wait_agent_ready(agent, timeout=timeout, alive=machine.is_alive)
             if image.probe == "deploy":
-                self._deploy_probe(machine, pair, options)
+                self._deploy_probe(agent, pair, options)
                 left = max(30.0, timeout - (time.monotonic() - started))
                 wait_ready(machine, timeout=left)
         except BaseException:
@@ -383,7 +383,7 @@ class Testbed:
             raise
         return machine
 
-    def _deploy_probe(self, machine: RemoteMachine, pair: HostPair, options: dict[str, str]) -> None:
+    def _deploy_probe(self, agent: GuestAgent, pair: HostPair, options: dict[str, str]) -> None:
         from mdevtest.guest.probe import deploy_probe, probe_binary
         from mdevtest.qemu.cmdline import CONTROL_PORT, PATTERN_SERIAL
 
@@ -395,7 +395,7 @@ class Testbed:
             "dma_dev": f"/dev/disk/by-id/virtio-{PATTERN_SERIAL}",
             **options,
         }
-        deploy_probe(GuestAgent(lambda: machine), probe_binary(), args)
+        deploy_probe(agent, probe_binary(), args)
 
     def _machine(
         self,

@@ -11,6 +11,7 @@ import itertools
 import time
 
 from mdevtest.errors import GuestError
+from mdevtest.guest.qga import recv_slice
 from mdevtest.qemu.machine import RemoteMachine
 from mdevtest.workloads.synthetic import GuestReply, ReplyReader, encode_command
 
@@ -29,18 +30,11 @@ def guest_command(machine: RemoteMachine, cmd: str, *args: str, timeout: float =
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            sock.settimeout(min(remaining, 1.0))
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
+            data = recv_slice(
+                sock, remaining, label=machine.label, channel="control", during=cmd, why=bridge.stderr
+            )
+            if data is None:
                 continue
-            except OSError as exc:
-                raise GuestError(f"{machine.label}: control channel broke during {cmd}: {exc}") from exc
-            if not data:
-                why = bridge.stderr().strip()
-                raise GuestError(
-                    f"{machine.label}: control channel closed during {cmd}" + (f": {why}" if why else "")
-                )
             for reply in reader.feed(data):
                 if reply.request_id == request:
                     return reply

@@ -31,7 +31,7 @@ from mdevtest.errors import GuestError
 if TYPE_CHECKING:
     from mdevtest.qemu.machine import RemoteMachine
 
-__all__ = ["AgentError", "GuestAgent", "wait_agent_ready"]
+__all__ = ["AgentError", "GuestAgent", "recv_slice", "wait_agent_ready"]
 
 _ids = itertools.count(int(time.time()) % 100000 * 1000)
 _SYNC_MARK = b"\xff"
@@ -108,6 +108,27 @@ class GuestAgent:
         return reply["return"]
 
 
+def recv_slice(
+    sock: Any, remaining: float, *, label: str, channel: str, during: str, why: Callable[[], str]
+) -> bytes | None:
+    """One bounded read from a bridged guest channel: the bytes, or None when nothing came in
+    the next second (the caller keeps its own deadline). A broken or closed channel raises
+    :class:`GuestError` naming it, with the bridge's own stderr when it has one."""
+    sock.settimeout(min(remaining, 1.0))
+    try:
+        data: bytes = sock.recv(65536)
+    except TimeoutError:
+        return None
+    except OSError as exc:
+        raise GuestError(f"{label}: {channel} channel broke during {during}: {exc}") from exc
+    if not data:
+        reason = why().strip()
+        raise GuestError(
+            f"{label}: {channel} channel closed during {during}" + (f": {reason}" if reason else "")
+        )
+    return data
+
+
 def _encode(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\n"
 
@@ -132,19 +153,11 @@ class _Reader:
                 f"{self.label}: no reply from qemu-guest-agent to {self.command} in time "
                 "(is qemu-ga running in the guest, on org.qemu.guest_agent.0?)"
             )
-        self.sock.settimeout(min(remaining, 1.0))
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            return
-        except OSError as exc:
-            raise GuestError(f"{self.label}: agent channel broke during {self.command}: {exc}") from exc
-        if not data:
-            why = self.why().strip()
-            raise GuestError(
-                f"{self.label}: agent channel closed during {self.command}" + (f": {why}" if why else "")
-            )
-        self.buf += data
+        data = recv_slice(
+            self.sock, remaining, label=self.label, channel="agent", during=self.command, why=self.why
+        )
+        if data is not None:
+            self.buf += data
 
     def skip_to_mark(self) -> None:
         while _SYNC_MARK not in self.buf:
