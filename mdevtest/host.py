@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mdevtest.errors import RemoteError
+from mdevtest.qemu.caps import QemuCaps
 from mdevtest.qemu.cmdline import Accel
 from mdevtest.remote import Remote
-from mdevtest.vendors import QemuCaps
 
 _KVM_PROBE_S = 3
 

@@ -14,7 +14,7 @@ reports on the destination must agree:
   what the guest wrote into it on the source after its last report there (``scr_next``).
 
 The check is part of the standard set when the pair's vendor is mtty
-(:meth:`mdevtest.vendors.mtty.MttyProfile.vendor_checks`).
+(:data:`mdevtest.checks.standard.VENDOR_CHECKS`).
 """
 
 from __future__ import annotations

@@ -26,13 +26,13 @@ from typing import ClassVar
 
 from mdevtest.localexec import Executor
 from mdevtest.mdev import MdevType
-from mdevtest.vendors import (
+from mdevtest.qemu.caps import QemuCaps
+from mdevtest.vendors.base import (
     COMMON_TROUBLE,
     IOMMU_PROBES,
     VGPU_DEVICE_ID,
     CaptureMethod,
     HostCheck,
-    QemuCaps,
     TypeInfo,
     VendorProfile,
     compile_patterns,
@@ -178,7 +178,7 @@ class GvtProfile(VendorProfile):
         self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
     ) -> tuple[str, list[str]]:
         """The ``-device`` driver and its options, each checked against ``qemu_caps``'s
-        properties for that driver (:class:`~mdevtest.vendors.DeviceOptionError` if one is not)."""
+        properties for that driver (:class:`~mdevtest.qemu.caps.DeviceOptionError` if one is not)."""
         driver = "vfio-pci-nohotplug" if self.display else "vfio-pci"
         options = [f"id={VGPU_DEVICE_ID}", sysfsdev_option(sysfs_path)]
         if self.display:

@@ -7,7 +7,8 @@
   the destination, which makes ``mtty-1`` -> ``mtty-2`` a ready negative test.
 * The guest sees 16550 UARTs (PCI 4348:3253) and no display: the graphics check does not apply;
   the device's migrated state (UART registers, loopback FIFO) is checked from the guest's own
-  reports by :class:`~mdevtest.checks.mtty.MttyDeviceStateCheck`.
+  reports by :class:`~mdevtest.checks.mtty.MttyDeviceStateCheck` (listed for mtty in
+  :data:`mdevtest.checks.standard.VENDOR_CHECKS`).
 * On a kernel without device DMA logging (Debian's 6.12: CONFIG_IOMMUFD_DRIVER off) QEMU must run
   the device with ``x-device-dirty-page-tracking=off``; the testbed passes that as ``extra`` when
   preflight found it so (:func:`mdevtest.host.dirty_tracking`).
@@ -18,16 +19,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from mdevtest.localexec import Executor
 from mdevtest.mdev import MdevType
-from mdevtest.vendors import (
+from mdevtest.qemu.caps import QemuCaps
+from mdevtest.vendors.base import (
     ALL_CHECKS,
     COMMON_TROUBLE,
     CaptureMethod,
     HostCheck,
-    QemuCaps,
     TypeInfo,
     VendorProfile,
     compile_patterns,
@@ -36,9 +37,6 @@ from mdevtest.vendors import (
     run_probes,
     vfio_pci_device,
 )
-
-if TYPE_CHECKING:
-    from mdevtest.checks.base import Check
 
 __all__ = ["MIGRATION_KERNEL", "MttyProfile", "MttyTypeInfo", "profile"]
 
@@ -101,11 +99,6 @@ class MttyProfile(VendorProfile):
                 ),
             ),
         ]
-
-    def vendor_checks(self) -> list[Check]:
-        from mdevtest.checks.mtty import MttyDeviceStateCheck
-
-        return [MttyDeviceStateCheck()]
 
     def parse_type(self, mdev_type: MdevType) -> MttyTypeInfo:
         match = _TYPE_ID.fullmatch(mdev_type.type_id)

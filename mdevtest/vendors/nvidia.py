@@ -22,13 +22,13 @@ from typing import ClassVar
 from mdevtest.errors import MdevError
 from mdevtest.localexec import Executor
 from mdevtest.mdev import MdevType
-from mdevtest.vendors import (
+from mdevtest.qemu.caps import QemuCaps
+from mdevtest.vendors.base import (
     COMMON_TROUBLE,
     IOMMU_PROBES,
     VGPU_DEVICE_ID,
     CaptureMethod,
     HostCheck,
-    QemuCaps,
     TypeInfo,
     VendorProfile,
     compile_patterns,
@@ -182,7 +182,7 @@ class NvidiaProfile(VendorProfile):
         self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
     ) -> tuple[str, list[str]]:
         """The ``-device`` driver and its options, each checked against ``qemu_caps``'s
-        properties (:class:`~mdevtest.vendors.DeviceOptionError` if one is not there)."""
+        properties (:class:`~mdevtest.qemu.caps.DeviceOptionError` if one is not there)."""
         driver = "vfio-pci"
         options = [f"id={VGPU_DEVICE_ID}", sysfsdev_option(sysfs_path)]
         if "display" in qemu_caps.vfio_properties:

@@ -18,10 +18,10 @@ from typing import ClassVar
 from mdevtest.lab.simsysfs import FSTYPE
 from mdevtest.localexec import Executor
 from mdevtest.mdev import MdevType
-from mdevtest.vendors import (
+from mdevtest.qemu.caps import QemuCaps
+from mdevtest.vendors.base import (
     CaptureMethod,
     HostCheck,
-    QemuCaps,
     TypeInfo,
     VendorProfile,
     run_probes,

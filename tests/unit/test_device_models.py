@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mdevtest.errors import MdevError
-from mdevtest.vendors import (
+from mdevtest.qemu.caps import (
     GENERIC_DEVICE_KEYS,
     DeviceOptionError,
     QemuCaps,

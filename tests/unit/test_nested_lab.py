@@ -16,7 +16,8 @@ from mdevtest.inventory import load_inventory
 from mdevtest.lab import make_lab
 from mdevtest.lab.local import LocalLab
 from mdevtest.lab.nested import NestedLab
-from mdevtest.vendors import QemuCaps, get_profile
+from mdevtest.qemu.caps import QemuCaps
+from mdevtest.vendors import get_profile
 from mdevtest.workloads.mtty import find_mtty_ready, last_reports, parse_errors, parse_reports
 
 REPO = Path(__file__).resolve().parents[2]

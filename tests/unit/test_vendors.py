@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from mdevtest.checks.standard import VENDOR_CHECKS, vendor_checks
 from mdevtest.errors import MdevError, MdevtestError
 from mdevtest.lab.simsysfs import SimConfig, write_static_tree
 from mdevtest.localexec import LocalExecutor
 from mdevtest.mdev import MdevManager, MdevType, parse_mdevctl_types
+from mdevtest.qemu.caps import QemuCaps, parse_device_help
 from mdevtest.remote import CommandResult
 from mdevtest.vendors import (
     ALL_CHECKS,
-    QemuCaps,
     UnknownVendorError,
     get_profile,
     known_vendors,
-    parse_device_help,
     run_probes,
     vfio_pci_device,
 )
@@ -95,6 +95,14 @@ def test_capture_methods_and_applicable_checks() -> None:
     assert all(get_profile(n).applies("graphics") for n in ("gvt", "nvidia", "simulated"))
     with pytest.raises(ValueError, match="unknown check"):
         get_profile("gvt").applies("grafics")
+
+
+def test_vendor_checks_are_listed_for_known_vendors_only() -> None:
+    """The vendor -> checks map lives with the checks; a name there that is no vendor (a typo, a
+    renamed profile) would silently drop that vendor's checks."""
+    assert set(VENDOR_CHECKS) <= set(known_vendors())
+    assert [c.name for c in vendor_checks("mtty")] == ["mtty-device-state"]
+    assert vendor_checks("gvt") == []
 
 
 # --------------------------------------------------------------------------------------------
