@@ -1,45 +1,17 @@
 """The embedded labs: ``netns`` (:mod:`.local`, hosts as network namespaces) and ``nested``
 (:mod:`.nested`, hosts as QEMU VMs with a real mdev). :func:`make_lab` picks the one an
-inventory's ``local_lab.flavor`` names; both have the same ``up``/``down``/``status`` surface."""
+inventory's ``local_lab.flavor`` names; both have the same ``up``/``down``/``status`` surface
+(:class:`Lab`). What the lab modules share lives in :mod:`.common`, under public names."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from mdevtest.errors import LabError
+from mdevtest.lab.common import Lab, LabStatusView, Progress
 
 if TYPE_CHECKING:
     from mdevtest.inventory import Inventory
-
-Progress = Callable[[str], None]
-
-
-class LabStatusView(Protocol):
-    """What ``lab status`` shows of either flavour."""
-
-    @property
-    def up(self) -> bool: ...
-
-    @property
-    def anything(self) -> bool: ...
-
-    def render(self) -> str: ...
-
-
-class Lab(Protocol):
-    """An embedded lab: ``up`` is idempotent and returns whether it started the lab (so the
-    caller owns it); ``down`` removes everything the lab made (``state_dir`` included) and is
-    idempotent."""
-
-    state_dir: Path
-
-    def up(self, progress: Progress = ..., *, build_image: bool = True) -> bool: ...
-
-    def down(self, progress: Progress = ...) -> None: ...
-
-    def status(self) -> LabStatusView: ...
 
 
 def make_lab(inventory: Inventory) -> Lab:

@@ -7,7 +7,8 @@ import contextlib
 from collections.abc import Iterator
 
 from mdevtest.errors import LabError
-from mdevtest.lab.local import LabHost, LocalLab, _netns_pids, _pid_if_ours, _terminate, sh
+from mdevtest.lab.common import netns_pids, pid_if_ours, sh, terminate
+from mdevtest.lab.local import LabHost, LocalLab
 
 
 def _host(lab: LocalLab, name: str) -> LabHost:
@@ -68,10 +69,10 @@ def restart_sshd(lab: LocalLab, host: str) -> int:
     Returns the number of sshd processes killed. QEMUs and other processes keep running.
     """
     h = _host(lab, host)
-    listener = _pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
-    sessions = {p for p in _netns_pids(h.netns) if "sshd" in _comm(p)}
+    listener = pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
+    sessions = {p for p in netns_pids(h.netns) if "sshd" in _comm(p)}
     victims = sessions | ({listener} if listener else set())
-    _terminate(victims)
+    terminate(victims)
     lab._start_sshd(h)
     lab._wait_ssh()
     return len(victims)

@@ -24,12 +24,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import lzma
 import os
 import shlex
 import shutil
-import stat
-import struct
 import subprocess
 import tempfile
 import time
@@ -37,12 +34,12 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from mdevtest.data import data_dir
 from mdevtest.errors import LabError
 from mdevtest.filelock import locked
 from mdevtest.guest.image import sha256_file
+from mdevtest.lab.common import CpioWriter, check_busybox, modinfo, read_module
 
 #: Where the lab keeps downloaded packages and built images.
 DEFAULT_CACHE_DIR = Path("/var/cache/mdevtest")
@@ -231,7 +228,7 @@ class _Builder:
         )
         initrd = out / "initrd.img"
         with initrd.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-            cpio = _CpioWriter(gz)
+            cpio = CpioWriter(gz)
             for d in ("bin", "dev", "etc", "etc/mdt", "proc", "sys", "tmp", "run", "root"):
                 cpio.directory(d)
             cpio.char_device("dev/console", 0o600, 5, 1)
@@ -279,7 +276,7 @@ class _Builder:
                     f"guest image: {p} is missing; pass source_dir= pointing at the "
                     f"workloads/synthetic folder of an mdevtest checkout"
                 )
-        _check_busybox(_BUSYBOX)
+        check_busybox(_BUSYBOX)
         self.progress("resolving the kernel package")
         package = kernel_package or self._kernel_package()
         prefix, suffix = "linux-image-", "-amd64"
@@ -479,31 +476,6 @@ def _load_image(directory: Path, digest: str) -> GuestImage | None:
     )
 
 
-def _check_busybox(path: Path) -> None:
-    """Require a statically linked busybox: the initramfs has no C library for it."""
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2:
-                raise LabError(f"guest image: {path} is not a 64-bit ELF binary")
-            (phoff,) = struct.unpack_from("<Q", head, 0x20)
-            phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
-            fh.seek(phoff)
-            table = fh.read(phentsize * phnum)
-    except FileNotFoundError as exc:
-        raise LabError(
-            f"guest image: {path} is missing; install busybox-static (apt-get install busybox-static)"
-        ) from exc
-    pt_interp = 3
-    for i in range(phnum):
-        (p_type,) = struct.unpack_from("<I", table, i * phentsize)
-        if p_type == pt_interp:
-            raise LabError(
-                f"guest image: {path} is dynamically linked; install busybox-static "
-                f"(apt-get install busybox-static), which replaces it with a static one"
-            )
-
-
 # -- kernel modules ------------------------------------------------------------------------
 
 _MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
@@ -521,14 +493,7 @@ class _Module:
 
     def read(self, zstd: Callable[[Path], bytes]) -> bytes:
         """The module, uncompressed: busybox insmod loads plain ELF objects only."""
-        name = self.path.name
-        if name.endswith(".xz"):
-            return lzma.decompress(self.path.read_bytes())
-        if name.endswith(".gz"):
-            return gzip.decompress(self.path.read_bytes())
-        if name.endswith(".zst"):
-            return zstd(self.path)
-        return self.path.read_bytes()
+        return read_module(self.path, zstd)
 
 
 def _module_dir(root: Path, kernel_version: str) -> Path:
@@ -581,7 +546,7 @@ def _resolve_modules(
                 f"guest image: module {name}{needed_by} is neither in {moddir} nor built in; "
                 f"this kernel lacks it: pick another kernel_package or change MODULES"
             )
-        info = _modinfo(path, zstd)
+        info = modinfo(path, zstd)
         depends = tuple(d for d in info.get("depends", "").split(",") if d)
         for dep in depends:
             visit(dep, (*chain, name))
@@ -593,89 +558,3 @@ def _resolve_modules(
     for name in wanted:
         visit(name, ())
     return order
-
-
-def _modinfo(path: Path, zstd: Callable[[Path], bytes]) -> dict[str, str]:
-    """The ``.modinfo`` section of a kernel module (key=value strings), read from its ELF."""
-    data = _Module(name="", path=path, relpath="", depends=()).read(zstd)
-    try:
-        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-            raise ValueError("not a 64-bit little-endian ELF object")
-        (shoff,) = struct.unpack_from("<Q", data, 0x28)
-        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
-
-        def section(i: int) -> tuple[int, int, int]:
-            base = shoff + i * shentsize
-            (name_off,) = struct.unpack_from("<I", data, base)
-            offset, size = struct.unpack_from("<QQ", data, base + 0x18)
-            return name_off, offset, size
-
-        _, str_off, str_size = section(shstrndx)
-        names = data[str_off : str_off + str_size]
-        for i in range(shnum):
-            name_off, offset, size = section(i)
-            end = names.index(b"\0", name_off)
-            if names[name_off:end] == b".modinfo":
-                fields: dict[str, str] = {}
-                for raw in data[offset : offset + size].split(b"\0"):
-                    key, sep, value = raw.decode(errors="replace").partition("=")
-                    if sep:
-                        fields.setdefault(key, value)
-                return fields
-    except (struct.error, ValueError) as exc:
-        raise LabError(f"guest image: cannot read the module info of {path}: {exc}") from exc
-    raise LabError(f"guest image: {path} has no .modinfo section; is it a kernel module?")
-
-
-# -- initramfs -----------------------------------------------------------------------------
-
-
-class _Writable(Protocol):
-    def write(self, data: bytes, /) -> int: ...
-
-
-class _CpioWriter:
-    """Writes a cpio archive in the kernel's ``newc`` format, reproducibly (owner root, mtime 0).
-
-    Written here rather than with cpio(1) so that device nodes need no mknod (and no root)
-    and the same inputs give the same bytes.
-    """
-
-    def __init__(self, out: _Writable) -> None:
-        self._out = out
-        self._ino = 1
-
-    def directory(self, name: str, mode: int = 0o755) -> None:
-        self._entry(name, stat.S_IFDIR | mode, b"", nlink=2)
-
-    def file(self, name: str, data: bytes, mode: int) -> None:
-        self._entry(name, stat.S_IFREG | mode, data)
-
-    def char_device(self, name: str, mode: int, major: int, minor: int) -> None:
-        self._entry(name, stat.S_IFCHR | mode, b"", rdev=(major, minor))
-
-    def trailer(self) -> None:
-        self._entry("TRAILER!!!", 0, b"", ino=0, nlink=1)
-
-    def _entry(
-        self,
-        name: str,
-        mode: int,
-        data: bytes,
-        *,
-        nlink: int = 1,
-        rdev: tuple[int, int] = (0, 0),
-        ino: int | None = None,
-    ) -> None:
-        if ino is None:
-            ino = self._ino
-            self._ino += 1
-        encoded = name.encode() + b"\0"
-        fields = (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, rdev[0], rdev[1], len(encoded), 0)
-        header = b"070701" + b"".join(b"%08X" % f for f in fields)
-        self._out.write(header + encoded + _pad4(len(header) + len(encoded)))
-        self._out.write(data + _pad4(len(data)))
-
-
-def _pad4(length: int) -> bytes:
-    return b"\0" * (-length % 4)

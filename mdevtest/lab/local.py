@@ -27,22 +27,27 @@ import contextlib
 import ipaddress
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mdevtest.errors import LabError
-from mdevtest.filelock import give_up_after, locked
 from mdevtest.inventory import Inventory, LabImage
-from mdevtest.lab import Lab
+from mdevtest.lab.common import (
+    Lab,
+    Progress,
+    cmdline,
+    lab_lock,
+    netns_pids,
+    pid_if_ours,
+    quiet,
+    sh,
+    terminate,
+)
 from mdevtest.lab.packages import ensure_packages
-
-Progress = Callable[[str], None]
 
 MGMT_BRIDGE = "mdt-mgmt"
 MIG_BRIDGE = "mdt-mig"
@@ -51,23 +56,6 @@ LINK_PREFIX = "mdt"
 LOCK_PATH = Path("/run/lock/mdevtest-local-lab.lock")
 SSHD = "/usr/sbin/sshd"
 _PREFIXLEN = 24
-
-
-def _quiet(_msg: str) -> None:
-    """Default progress sink."""
-
-
-def sh(argv: Sequence[str], *, timeout: float = 60.0, check: bool = True) -> str:
-    """Run a local command; return stdout. Failures raise :class:`LabError` with stderr."""
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"{' '.join(argv)} did not finish within {timeout:g} s") from exc
-    except FileNotFoundError as exc:
-        raise LabError(f"{argv[0]} is not installed; run `mdevtest lab up` as root") from exc
-    if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(argv)} failed (rc={proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
 
 
 @dataclass(frozen=True)
@@ -153,16 +141,6 @@ class LabStatus:
         return "\n".join(lines)
 
 
-def lab_lock(path: Path, timeout: float) -> contextlib.AbstractContextManager[None]:
-    """A lab's cross-process lock (``up``/``down`` of one flavour); a LabError after ``timeout``."""
-    return locked(
-        path,
-        while_waiting=give_up_after(
-            timeout, lambda: LabError(f"another mdevtest holds {path} for more than {timeout:g} s")
-        ),
-    )
-
-
 class LocalLab:
     """Bring the embedded local lab described by ``inventory`` up, inspect it, take it down."""
 
@@ -223,14 +201,14 @@ class LocalLab:
         hosts = []
         for h in self.hosts:
             has_ns = h.netns in namespaces
-            pid = _pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
+            pid = pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
             hosts.append(
                 HostStatus(
                     name=h.name,
                     netns=has_ns,
                     sshd_pid=pid,
                     ssh_port_open=has_ns and _port_open(h.mgmt_address, 22, 1.0),
-                    processes=len(_netns_pids(h.netns)) if has_ns else 0,
+                    processes=len(netns_pids(h.netns)) if has_ns else 0,
                     vgpu_sim=None if h.sysfs_root is None else _is_mountpoint(h.sysfs_root / "sys"),
                 )
             )
@@ -239,7 +217,7 @@ class LocalLab:
 
     # -- up --------------------------------------------------------------------------------------
 
-    def up(self, progress: Progress = _quiet, *, build_image: bool = True) -> bool:
+    def up(self, progress: Progress = quiet, *, build_image: bool = True) -> bool:
         """Make the lab whole. Return whether it was not up before (so the caller owns it)."""
         if os.geteuid() != 0:
             raise LabError("the local lab needs root (network namespaces, sshd); run as root")
@@ -380,9 +358,9 @@ class LocalLab:
                 sh([*nsx, "link", "set", inner, "up"])
 
     def _start_sshd(self, h: LabHost, *, restart: bool = False) -> None:
-        pid = _pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
+        pid = pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
         if pid is not None and restart:
-            _terminate({pid})
+            terminate({pid})
         elif pid is not None:
             return
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
@@ -418,24 +396,24 @@ class LocalLab:
 
     # -- down ------------------------------------------------------------------------------------
 
-    def down(self, progress: Progress = _quiet) -> None:
+    def down(self, progress: Progress = quiet) -> None:
         """Remove every process, namespace, link and file of the lab. Idempotent."""
         if os.geteuid() != 0:
             raise LabError("taking the local lab down needs root")
         with self._locked():
             namespaces = set(_list_netns())
             for h in self.hosts:
-                pid = _pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
-                pids = set(_netns_pids(h.netns)) if h.netns in namespaces else set()
+                pid = pid_if_ours(h.sshd_pidfile, str(h.sshd_config))
+                pids = set(netns_pids(h.netns)) if h.netns in namespaces else set()
                 if pid is not None:
                     pids.add(pid)
                 if pids:
                     progress(f"{h.name}: stopping {len(pids)} process(es)")
-                    _terminate(pids)
+                    terminate(pids)
             # Sweep by prefix too, so leftovers of an inventory that changed are found.
             for ns in _list_netns():
                 if ns.startswith(NETNS_PREFIX):
-                    _terminate(set(_netns_pids(ns)))
+                    terminate(set(netns_pids(ns)))
                     sh(["ip", "netns", "del", ns], check=False)
             for link in _list_links():
                 if link.startswith(LINK_PREFIX):
@@ -444,7 +422,7 @@ class LocalLab:
                 if h.sysfs_root is not None:
                     _simsysfs(h, "--stop", check=False)
             # Simulated vGPU daemons of hosts this inventory does not name (a larger lab's).
-            _terminate({p for p in _all_pids() if "mdevtest.lab.simsysfs" in (c := _cmdline(p))
+            terminate({p for p in _all_pids() if "mdevtest.lab.simsysfs" in (c := cmdline(p))
                         and str(self.state_dir) in c})  # fmt: skip
             for mount in _mounts_under(self.state_dir):
                 progress(f"unmounting {mount}")
@@ -480,11 +458,6 @@ def _list_links(netns: str | None = None) -> list[str]:
     return names
 
 
-def _netns_pids(netns: str) -> list[int]:
-    out = sh(["ip", "netns", "pids", netns], check=False)
-    return [int(p) for p in out.split() if p.isdigit()]
-
-
 def _simsysfs(h: LabHost, action: str, *, check: bool = True) -> None:
     """Start (``--daemon``) or stop (``--stop``) a host's simulated vGPU parent."""
     sh([sys.executable, "-m", "mdevtest.lab.simsysfs", "--root", str(h.sysfs_root), action,
@@ -503,44 +476,6 @@ def _is_mountpoint(path: Path) -> bool:
 
 def _all_pids() -> list[int]:
     return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def _pid_if_ours(pidfile: Path, marker: str) -> int | None:
-    """The pid in ``pidfile`` if that process is alive and its command line contains ``marker``."""
-    try:
-        pid = int(pidfile.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if marker in _cmdline(pid) else None
-
-
-def _terminate(pids: set[int], grace: float = 5.0) -> None:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL what is left."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    alive = set(pids)
-    while alive and time.monotonic() < deadline:
-        alive = {p for p in alive if Path(f"/proc/{p}").exists() and _state(p) != "Z"}
-        time.sleep(0.05)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "X"
 
 
 def _port_open(address: str, port: int, timeout: float) -> bool:

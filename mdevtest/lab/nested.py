@@ -41,8 +41,10 @@ from typing import TYPE_CHECKING
 
 from mdevtest.errors import LabError, MdevtestError
 from mdevtest.inventory import Host, Inventory
-from mdevtest.lab import Progress
-from mdevtest.lab.local import _cmdline, _pid_if_ours, _terminate, lab_lock, sh
+from mdevtest.lab.common import Progress, lab_lock, sh
+from mdevtest.lab.common import cmdline as _cmdline
+from mdevtest.lab.common import pid_if_ours as _pid_if_ours
+from mdevtest.lab.common import terminate as _terminate
 from mdevtest.lab.nested_image import (
     CONFIG_DISK_SERIAL,
     NestedImages,

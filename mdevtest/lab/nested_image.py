@@ -64,7 +64,10 @@ from typing import TypeVar
 from mdevtest.data import data_dir
 from mdevtest.errors import LabError
 from mdevtest.filelock import locked
-from mdevtest.lab.image import GuestImage, _check_busybox, _CpioWriter, _modinfo
+from mdevtest.lab.common import CpioWriter as _CpioWriter
+from mdevtest.lab.common import check_busybox as _check_busybox
+from mdevtest.lab.common import modinfo as _modinfo
+from mdevtest.lab.image import GuestImage
 from mdevtest.lab.packages import ensure_packages
 
 #: Where the nested lab keeps its images.
