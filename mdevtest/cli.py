@@ -307,7 +307,7 @@ def _report(args: argparse.Namespace) -> int:
 def _premerge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mdevtest.lab.premerge import NESTED_TOLERANCE, premerge
+    from mdevtest.premerge import NESTED_TOLERANCE, premerge
 
     result = premerge(
         Path(args.inventory),

@@ -35,8 +35,8 @@ from mdevtest.errors import MigrationFailed
 from mdevtest.inventory import Inventory, load_inventory
 from mdevtest.lab.nested import NestedLab
 from mdevtest.lab.nested_image import build_nested_images
-from mdevtest.lab.premerge import premerge
 from mdevtest.migration import MigrationPolicy, Migrator
+from mdevtest.premerge import premerge
 from mdevtest.testbed import Testbed
 from mdevtest.workloads.mtty import last_reports, parse_reports
 from mdevtest.workloads.synthetic import parse_heartbeats

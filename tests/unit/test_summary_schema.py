@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from mdevtest.checks.base import CheckResult, coverage_of
 from mdevtest.checks.known_issues import KnownIssue
 from mdevtest.cli import EXIT_OK, EXIT_USAGE, main
-from mdevtest.lab.premerge import SuiteRun
 from mdevtest.migration import METHODS, MigrationResult
 from mdevtest.plugin.fixtures import MigrationOutcome, _summary_extra
+from mdevtest.premerge import SuiteRun
 from mdevtest.report.baseline import METRICS, BaselineError, diff, load_summary
 from mdevtest.report.junit import junit_properties
 from mdevtest.report.summary import (

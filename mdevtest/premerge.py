@@ -1,5 +1,8 @@
 """Pre-merge validation of an mtty driver change on the nested lab (``mdevtest premerge``).
 
+A workflow that uses a lab, not a lab: it brings the nested lab up through :mod:`mdevtest.lab`
+and runs the suites against it, twice.
+
 A change to the driver (a patch to ``samples/vfio-mdev/mtty.c``, or a module built elsewhere)
 is judged the way a vendor's pre-merge job would judge a vGPU driver change:
 
@@ -25,19 +28,18 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mdevtest.errors import LabError, MdevtestError
 from mdevtest.inventory import Inventory
+from mdevtest.lab.common import Progress, quiet
 from mdevtest.lab.nested_image import ModuleInfo, module_info
 
 if TYPE_CHECKING:
     from mdevtest.report.summary import SummaryEntry
-
-Progress = Callable[[str], None]
 
 DEFAULT_SUITE = "suites/test_migration_basic.py"
 
@@ -47,11 +49,7 @@ DEFAULT_SUITE = "suites/test_migration_basic.py"
 #: 10 s more, twice the bytes and 64 MiB more); the device state is judged by the checks.
 NESTED_TOLERANCE = "relative=1.0,absolute_ms=10000,absolute_bytes=67108864"
 SUITE_TIMEOUT_S = 3600.0
-_REPO = Path(__file__).resolve().parents[2]
-
-
-def _quiet(_msg: str) -> None:
-    """Default progress sink."""
+_REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ class PremergeResult:
 
 
 def deploy_mtty(
-    inventory: Inventory, module: Path, *, progress: Progress = _quiet, timeout: float = 300.0
+    inventory: Inventory, module: Path, *, progress: Progress = quiet, timeout: float = 300.0
 ) -> list[Deployed]:
     """Load ``module`` as mtty on every host of ``inventory``; return what each host then runs.
 
@@ -218,7 +216,7 @@ def run_suite(
     report_dir: Path,
     extra_args: Sequence[str] = (),
     *,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> SuiteRun:
     """Run ``suite`` on the inventory's lab in a pytest of its own; its log in the report dir."""
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +253,7 @@ def premerge(
     pytest_args: Sequence[str] = (),
     tolerance: str = NESTED_TOLERANCE,
     keep_lab: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> PremergeResult:
     """Judge one mtty change (``patch`` or a built ``module``) on the nested lab; see the module doc."""
     from mdevtest.inventory import load_inventory
