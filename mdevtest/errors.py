@@ -180,7 +180,10 @@ class CheckFailed(MdevtestError):
     """A verification check found a product problem (not an infrastructure one).
 
     ``values`` carries what was measured (which page, pixel, register differed) for the report.
+    ``failure_class`` is ``infrastructure`` when every check failed only on an SSH/QMP error.
     """
+
+    failure_class: str | None = None
 
     def __init__(self, message: str, values: dict[str, object] | None = None) -> None:
         self.values = dict(values or {})

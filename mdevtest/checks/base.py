@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from mdevtest.errors import CheckFailed, MdevtestError
+from mdevtest.errors import INFRASTRUCTURE, CheckFailed, MdevtestError
 
 if TYPE_CHECKING:
     from mdevtest.guest import Guest
@@ -232,12 +232,19 @@ def coverage_of(
 
 def raise_for_failures(results: Mapping[str, CheckResult], coverage: Coverage | None = None) -> None:
     """One CheckFailed naming every failed check and what differed, then every required check
-    that did not run and why (with ``coverage``)."""
+    that did not run and why (with ``coverage``). When every failure is an infrastructure error
+    met while checking (SSH, QMP), its ``failure_class`` is ``infrastructure``: Allure shows the
+    test broken, not failed."""
     __tracebackhide__ = True
-    lines = [r.message for r in failures(results)]
+    failed = failures(results)
+    lines = [r.message for r in failed]
     values: dict[str, object] = {}
+    missing = coverage is not None and bool(coverage.missing_required)
     if coverage is not None and coverage.missing_required:
         lines += coverage.problems()
         values["missing_required"] = {n: coverage.skipped[n] for n in coverage.missing_required}
     if lines:
-        raise CheckFailed("\n".join(lines), values)
+        exc = CheckFailed("\n".join(lines), values)
+        if not missing and all(r.values.get("infrastructure") is True for r in failed):
+            exc.failure_class = INFRASTRUCTURE  # only SSH/QMP errors met while checking
+        raise exc

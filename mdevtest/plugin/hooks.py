@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,7 @@ class SessionState:
     run_id: str
     allow_destructive: bool
     required_checks: tuple[str, ...] = ()  # --mdevtest-require-checks
+    started: float = field(default_factory=time.monotonic)  # progress lines count from here
 
 
 STATE = pytest.StashKey[SessionState]()
@@ -209,6 +211,10 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    # Allure steps that end in an mdevtest error: failed (product) or broken (infrastructure)
+    from mdevtest.report.allure_steps import StatusPlugin, register
+
+    config.add_cleanup(register(StatusPlugin()))
 
 
 def _required_checks(option: str | None) -> tuple[str, ...]:
@@ -250,7 +256,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if state.pair_filter and not pairs:
         known = ", ".join(p.id for p in state.inventory.pairs)
         raise pytest.UsageError(f"--mdevtest-pairs matches no pair of the inventory; known: {known}")
-    metafunc.parametrize("pair", pairs, ids=[pair_param_id(p) for p in pairs])
+    # By id, resolved by the ``pair`` fixture: the parameter's value (Allure shows it and hashes
+    # it into the history id) is ``host-a->host-b``, not a HostPair whose addresses may change.
+    metafunc.parametrize(
+        "pair", [p.id for p in pairs], ids=[pair_param_id(p) for p in pairs], indirect=True
+    )
+
+
+def pair_simulated(pair: HostPair) -> bool:
+    """Whether the pair's vGPU is simulated (the local lab's parent; no real device state is
+    migrated): its vendor profile says so, as for the summary's ``vgpu.simulated``."""
+    from mdevtest.vendors import get_profile
+
+    return pair.vgpu is not None and get_profile(pair.vgpu.vendor).simulated
 
 
 def pair_param_id(pair: HostPair) -> str:
@@ -299,9 +317,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    """The test body runs under the watchdog's deadline (fixtures have their own bounds)."""
+    """The test body runs under the watchdog's deadline (fixtures have their own bounds).
+
+    A test on a simulated vGPU says so in Allure: its title ends with ``(simulated vGPU)`` and it
+    has the tag ``simulated-vgpu`` (set here: allure-pytest names the test after its setup)."""
+    from mdevtest.inventory import HostPair
     from mdevtest.plugin.watchdog import deadline
 
+    pair = item.funcargs.get("pair") if isinstance(item, pytest.Function) else None
+    if isinstance(pair, HostPair) and pair_simulated(pair):
+        import allure
+
+        allure.dynamic.title(f"{item.name} {SIMULATED_TITLE}")  # type: ignore[no-untyped-call]
+        allure.dynamic.tag(SIMULATED_TAG)  # type: ignore[no-untyped-call]
     seconds = float(item.config.getoption("mdevtest_deadline"))
     testbed = item.funcargs.get("lab") if isinstance(item, pytest.Function) else None
     if testbed is None:
@@ -322,11 +350,21 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
         return (yield)
 
 
-@pytest.hookimpl(wrapper=True)
+SIMULATED_TITLE = "(simulated vGPU)"
+SIMULATED_TAG = "simulated-vgpu"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
+    """Keeps the call's report for the fixtures' teardown. Around allure-pytest's own (first:
+    the outermost wrapper), so the test's Allure status is set by failure class after it
+    decided by exception type (:mod:`mdevtest.report.allure_steps`)."""
+    from mdevtest.report.allure_steps import correct_test_status
+
+    with correct_test_status(call.excinfo):
+        report = yield
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         item.stash[CALL_REPORT] = report
     return report

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
-    from mdevtest.inventory import HostPair
+    from mdevtest.inventory import HostPair, Inventory
     from mdevtest.plugin.hooks import SessionState
 
 DESTRUCTIVE_SKIP = (
@@ -90,6 +90,14 @@ def _image_workloads(state: SessionState) -> Callable[[str], str | None] | None:
     return lab_image(image.kind).why_not
 
 
+def pair_of(inventory: Inventory | None, pair_id: object) -> HostPair | None:
+    """The inventory's pair of a test's ``pair`` parameter: the plugin parametrises by pair id
+    (``pytest_generate_tests``); None without one."""
+    if inventory is None or not isinstance(pair_id, str):
+        return None
+    return next((p for p in inventory.pairs if p.id == pair_id), None)
+
+
 def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
     from mdevtest.vendors import known_vendors
 
@@ -99,7 +107,7 @@ def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
     local = state.inventory is not None and state.inventory.local_lab is not None
     for item in items:
         callspec = getattr(item, "callspec", None)
-        pair: HostPair | None = callspec.params.get("pair") if callspec is not None else None
+        pair = pair_of(state.inventory, callspec.params.get("pair") if callspec is not None else None)
         problems += _check_policy_and_limits(item)
         problems += _check_pair_requirements(item, pair, vendors)
         workload_mark = item.get_closest_marker("workload")

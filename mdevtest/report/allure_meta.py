@@ -20,8 +20,9 @@ under every one), so :data:`CATEGORIES` is ordered by how serious a failure is. 
 message is what allure-pytest records: ``ExceptionInfo.exconly()``, e.g.
 ``mdevtest.errors.MigrationFailed: host-a/vm1 -> host-b/vm1: migration failed: ...``,
 ``AssertionError: host-a->host-b: downtime 612 ms > limit 500 ms`` or, for ``pytest.fail``,
-``Failed: host-a->host-b: preflight failed: ...``. Assertion failures and ``pytest.fail`` give
-status ``failed``, any other exception ``broken``. Tests nothing matches keep Allure's defaults
+``Failed: host-a->host-b: preflight failed: ...``. The status is by failure class
+(:mod:`mdevtest.report.allure_steps`): a product failure ``failed``, an infrastructure one
+``broken``, so the categories match both. Tests nothing matches keep Allure's defaults
 ("Product defects" for failed, "Test defects" for broken).
 
 History ids: allure-pytest hashes the test's full name with every parameter not marked
@@ -120,6 +121,19 @@ def environment_facts(
         facts["mdevtest.commit"] = commit
     facts.update(extra or {})
     return facts
+
+
+#: What the environment says of a simulated vGPU (the terminal table's ``(sim)``).
+SIMULATED_NOTE = "simulated: the local lab's parent, no real device state is migrated"
+
+
+def vgpu_facts(pairs: Iterable[tuple[str, str, bool]]) -> dict[str, str]:
+    """``<pair>.vgpu`` per ``(pair id, vGPU type, simulated)``: the type, and for a simulated
+    vGPU that it is one (:data:`SIMULATED_NOTE`), so the dashboard says what a run proves."""
+    return {
+        f"{pair}.vgpu": f"{vgpu_type} ({SIMULATED_NOTE})" if simulated else vgpu_type
+        for pair, vgpu_type, simulated in pairs
+    }
 
 
 # -- categories.json ---------------------------------------------------------------------------

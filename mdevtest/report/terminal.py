@@ -47,6 +47,12 @@ class Line:
     red: bool = False
 
 
+def progress_line(message: str, elapsed_s: float) -> str:
+    """A progress line (lab up, image builds, each migration as it ends): ``[mdevtest  41.7s]
+    message``, with the time since the run started, right-aligned so the messages line up."""
+    return f"[mdevtest {elapsed_s:6.1f}s] {message}"
+
+
 def migrations_table(
     entries: Sequence[SummaryEntry | Mapping[str, Any]], prefixes: Sequence[str]
 ) -> list[Line]:
