@@ -53,8 +53,10 @@ from types import SimpleNamespace
 
 import allure
 
+from mdevtest.checks.base import CheckResult
 from mdevtest.errors import CheckFailed, MigrationFailed
 from mdevtest.migration import TimelinePoint
+from mdevtest.report.allure_steps import check_step
 from mdevtest.report.allure_meta import history_safe_parameter
 from mdevtest.report.attach import attach_json, attach_png, attach_text
 from mdevtest.report.plot import timeline_png
@@ -83,6 +85,15 @@ def test_downtime_limit():
 
 
 def test_checks_failed():
+    # what MigrationOutcome.verify() records: a step per check, coloured by its result
+    with allure.step("verify host-a->host-b"):
+        check_step(CheckResult("downtime", "failed", {"downtime_ms": 612, "limit_ms": 500},
+                               "QEMU's downtime", "downtime: QEMU downtime 612 ms > limit 500 ms"))
+        check_step(CheckResult("heartbeat", "failed", {"missing": 3}, "serial heartbeats",
+                               "heartbeat: heartbeat sequence numbers missing: 101..103"))
+        check_step(CheckResult("host-logs", "failed", {"infrastructure": True}, "dmesg",
+                               "host-logs: host-b: command timed out after 30 s: dmesg | tail -n +12"))
+        check_step(CheckResult("guest-logs", "passed", {"lines": 812}, "guest console"))
     raise CheckFailed(
         "downtime: QEMU downtime 612 ms > limit 500 ms\\n"
         "heartbeat: heartbeat sequence numbers missing: 101..103\\n"
@@ -300,6 +311,31 @@ def test_migration_test_page_shows_its_attachments(
     assert pixels.shape == (1000, 1400, 3)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # rendered, not a blank page
     print(f"screenshot: {shot}")
+
+
+@pytest.mark.usefixtures("tools")
+def test_a_product_failure_is_red_and_its_failed_checks_are_red_steps(
+    chromium: str, served: tuple[str, Path]
+) -> None:
+    """A failed check is the product's: the test is failed (red, not broken), each failed check
+    a red step, a check that met only an SSH error a yellow one, a passed check a green one."""
+    base, out = served
+    case = find_case(out, "test_checks_failed")
+    assert case["status"] == "failed"
+    page = f"{base}/index.html#testresult/{case['uid']}"
+    dom = run_chromium(chromium, page, "--virtual-time-budget=15000", "--dump-dom").decode()
+    shown = dict(
+        (name.strip(), status)
+        for status, name in re.findall(
+            r'text_status_(\w+)[^>]*>(?:\s*</span>)+\s*<div class="step__name">([^<]+)<', dom
+        )
+    )
+    assert {
+        "check downtime: failed": "failed",
+        "check heartbeat: failed": "failed",
+        "check host-logs: broken": "broken",
+        "check guest-logs: passed": "passed",
+    }.items() <= shown.items(), f"steps on {page}: {shown}"
 
 
 def test_report_without_results_is_a_usage_error(
