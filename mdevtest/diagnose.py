@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mdevtest.errors import INFRASTRUCTURE, PRODUCT, MdevtestError, MigrationError
+from mdevtest.errors import INFRASTRUCTURE, PRODUCT, FailureClass, MdevtestError, MigrationError
 from mdevtest.inventory import HostPair
 from mdevtest.qemu.machine import RemoteMachine
 from mdevtest.remote import Remote
@@ -17,7 +17,7 @@ from mdevtest.remote import Remote
 
 @dataclass(frozen=True)
 class Diagnosis:
-    failure_class: str
+    failure_class: FailureClass
     findings: tuple[str, ...]
 
     def text(self) -> str:
@@ -56,6 +56,7 @@ def diagnose(route: HostPair, source_remote: Remote, destination: RemoteMachine)
 
 
 def pin(exc: MigrationError, diagnosis: Diagnosis) -> None:
-    """Attach the diagnosis to the error (its class, and the findings in its message)."""
+    """Attach the diagnosis to the error: its ``failure_class`` (on the instance, over the
+    class's), and the findings in its message."""
     exc.failure_class = diagnosis.failure_class
     exc.args = (f"[{diagnosis.failure_class}] {exc.args[0] if exc.args else exc}; {diagnosis.text()}",)

@@ -25,21 +25,36 @@ CLI, the pytest plugin) can tell "the lab or the input is wrong" from "mdevtest 
      +-- CheckFailed               a verification check found a product problem
 
 Messages say what failed, where, and what to do. Exceptions keep their cause (``raise ... from``).
-:func:`classify` sorts any error into ``infrastructure`` (the lab failed: SSH, QEMU processes,
-the network, leases, deadlines) or ``product`` (what is under test failed: the migration itself,
-a check); a diagnosis may pin a migration failure on the infrastructure (``failure_class``).
+
+Who looks first at a failure is said by the class: each declares ``failure_class``,
+``infrastructure`` (the lab failed: SSH, QEMU processes, the network, mdevs, leases, deadlines),
+``product`` (what is under test failed: a check) or None (the class alone does not tell: a
+migration that failed may be either). An instance may say otherwise (a diagnosis pins a
+migration failure on the infrastructure, :func:`mdevtest.diagnose.pin`). :func:`classify` reads
+that attribute, on any exception, and says ``product`` when it is None or absent; nothing
+decides by class names or message text.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final, Literal
 
 from mdevtest.credentials import mask
+
+FailureClass = Literal["infrastructure", "product"]
+INFRASTRUCTURE: Final = "infrastructure"
+PRODUCT: Final = "product"
 
 
 class MdevtestError(Exception):
     """Root of every error mdevtest raises on purpose. Its text never shows a registered secret
-    or a private key (:func:`mdevtest.credentials.mask`)."""
+    or a private key (:func:`mdevtest.credentials.mask`).
+
+    ``failure_class``: who looks first (see the module docstring); every subclass says.
+    """
+
+    failure_class: FailureClass | None = None
 
     def __str__(self) -> str:
         return mask(super().__str__())
@@ -51,6 +66,8 @@ class InventoryError(MdevtestError):
     ``problems`` holds one line per bad field, each naming the field path, the bad value and what is
     allowed; ``str()`` gives the file name followed by those lines.
     """
+
+    failure_class: FailureClass | None = INFRASTRUCTURE
 
     def __init__(self, path: str, problems: Sequence[str]) -> None:
         self.path = path
@@ -66,6 +83,8 @@ class InventoryError(MdevtestError):
 class LabError(MdevtestError):
     """The embedded local lab could not be brought up, inspected or taken down."""
 
+    failure_class: FailureClass | None = INFRASTRUCTURE
+
 
 class KeyFileError(MdevtestError):
     """An SSH private key file on the controller cannot be used: it does not exist, cannot be
@@ -75,7 +94,7 @@ class KeyFileError(MdevtestError):
     it as :class:`ConnectFailed` of the host whose key it is.
     """
 
-    failure_class: str | None = "infrastructure"
+    failure_class: FailureClass | None = INFRASTRUCTURE
 
     def __init__(self, path: str, message: str) -> None:
         self.path = path
@@ -84,6 +103,8 @@ class KeyFileError(MdevtestError):
 
 class RemoteError(MdevtestError):
     """Something went wrong talking to a host over SSH."""
+
+    failure_class: FailureClass | None = INFRASTRUCTURE
 
     def __init__(self, host: str, message: str) -> None:
         self.host = host
@@ -120,6 +141,8 @@ class CommandTimedOut(RemoteError):
 class QmpError(MdevtestError):
     """A QMP command failed, timed out, or the monitor went away."""
 
+    failure_class: FailureClass | None = INFRASTRUCTURE
+
     def __init__(self, machine: str, command: str, message: str) -> None:
         self.machine = machine
         self.command = command
@@ -133,13 +156,23 @@ class QmpTimedOut(QmpError):
 class MachineError(MdevtestError):
     """A remote QEMU process could not be started, reached or stopped."""
 
+    failure_class: FailureClass | None = INFRASTRUCTURE
+
 
 class MdevError(MdevtestError):
     """A mediated device could not be discovered, created or removed."""
 
+    failure_class: FailureClass | None = INFRASTRUCTURE
+
 
 class PreflightFailed(MdevtestError):
-    """A host pair failed its preflight: the test cannot meaningfully run on it."""
+    """A host pair failed its preflight: the test cannot meaningfully run on it.
+
+    ``failure_class`` None: which side is at fault depends on the reason (a missing module is the
+    lab's, a QEMU or driver without VFIO migration may be the product's).
+    """
+
+    failure_class: FailureClass | None = None
 
     def __init__(self, pair: str, reasons: Sequence[str]) -> None:
         self.pair = pair
@@ -148,7 +181,13 @@ class PreflightFailed(MdevtestError):
 
 
 class GuestError(MdevtestError):
-    """The guest did not boot, or its console shows it is not healthy."""
+    """The guest did not boot, or its console shows it is not healthy.
+
+    ``failure_class`` None: a guest that does not boot may be the lab's or the product's; after
+    a migration the checks judge the guest (:class:`CheckFailed`).
+    """
+
+    failure_class: FailureClass | None = None
 
 
 class MigrationError(MdevtestError):
@@ -157,7 +196,7 @@ class MigrationError(MdevtestError):
     ``failure_class`` is set by a diagnosis (:mod:`mdevtest.diagnose`) when one ran.
     """
 
-    failure_class: str | None = None
+    failure_class: FailureClass | None = None
 
 
 class MigrationFailed(MigrationError):
@@ -173,7 +212,10 @@ class MigrationBlocked(MigrationError):
 
 
 class StateError(MdevtestError):
-    """An object was asked for something its current state does not allow."""
+    """An object was asked for something its current state does not allow (an mdevtest bug
+    or a misuse of its API: ``failure_class`` None)."""
+
+    failure_class: FailureClass | None = None
 
 
 class CheckFailed(MdevtestError):
@@ -183,24 +225,17 @@ class CheckFailed(MdevtestError):
     ``failure_class`` is ``infrastructure`` when every check failed only on an SSH/QMP error.
     """
 
-    failure_class: str | None = None
+    failure_class: FailureClass | None = PRODUCT
 
     def __init__(self, message: str, values: dict[str, object] | None = None) -> None:
         self.values = dict(values or {})
         super().__init__(message)
 
 
-INFRASTRUCTURE = "infrastructure"
-PRODUCT = "product"
-
-
-def classify(exc: BaseException) -> str:
-    """``infrastructure`` or ``product``: who should look at this failure first."""
+def classify(exc: BaseException) -> FailureClass:
+    """``infrastructure`` or ``product``: who should look at this failure first. The exception's
+    ``failure_class`` (its own, else its class's) when it has one, else ``product``."""
     pinned = getattr(exc, "failure_class", None)
-    if pinned in (INFRASTRUCTURE, PRODUCT):
-        return str(pinned)
-    if isinstance(exc, (RemoteError, MachineError, LabError, InventoryError, QmpError, MdevError)):
-        return INFRASTRUCTURE
-    if isinstance(exc, MdevtestError) and type(exc).__name__ in ("LeaseError", "DeadlineExceeded"):
+    if pinned == INFRASTRUCTURE:
         return INFRASTRUCTURE
     return PRODUCT

@@ -20,12 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from mdevtest.errors import MdevtestError
+from mdevtest.errors import INFRASTRUCTURE, FailureClass, MdevtestError
 from mdevtest.remote import Remote, RemotePool
 
 
 class LeaseError(MdevtestError):
     """A host could not be leased in time (another test process holds it)."""
+
+    failure_class: FailureClass | None = INFRASTRUCTURE
 
 
 @dataclass(frozen=True)

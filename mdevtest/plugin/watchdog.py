@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from mdevtest.errors import MdevtestError
+from mdevtest.errors import INFRASTRUCTURE, FailureClass, MdevtestError
 from mdevtest.qemu.machine import RemoteMachine
 
 
 class DeadlineExceeded(MdevtestError):
     """The test ran past its overall deadline (state recorded in the report)."""
+
+    failure_class: FailureClass | None = INFRASTRUCTURE
 
 
 def snapshot(machines: list[RemoteMachine]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import importlib
 
-from mdevtest.errors import MdevtestError
+from mdevtest.errors import INFRASTRUCTURE, FailureClass, MdevtestError
 from mdevtest.vendors.base import (
     ALL_CHECKS,
     COMMON_TROUBLE,
@@ -74,6 +74,8 @@ _REGISTRY: dict[str, str] = {
 
 class UnknownVendorError(MdevtestError):
     """No vendor profile has the requested name."""
+
+    failure_class: FailureClass | None = INFRASTRUCTURE  # the input is wrong, as InventoryError
 
 
 def known_vendors() -> list[str]:

@@ -37,7 +37,7 @@ from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Protocol, runt
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mdevtest.errors import CommandFailed, MdevtestError, StateError
+from mdevtest.errors import INFRASTRUCTURE, CommandFailed, FailureClass, MdevtestError, StateError
 from mdevtest.remote import quote_argv
 
 __all__ = [
@@ -73,11 +73,16 @@ GuestOS = Literal["linux", "windows"]
 
 
 class WorkloadError(MdevtestError):
-    """A workload cannot be found, installed, started, sampled or read."""
+    """A workload cannot be found, installed, started, sampled or read (``failure_class`` None:
+    the lab's or the product's, depending on why)."""
+
+    failure_class: FailureClass | None = None
 
 
 class UnknownWorkload(WorkloadError):
     """No workload definition has that name; ``known`` holds the names there are."""
+
+    failure_class: FailureClass | None = INFRASTRUCTURE  # the input is wrong, as InventoryError
 
     def __init__(self, name: str, known: Sequence[str], where: str) -> None:
         self.name = name
@@ -88,6 +93,8 @@ class UnknownWorkload(WorkloadError):
 
 class WorkloadDefinitionError(WorkloadError):
     """A workload definition file is missing, unreadable or invalid: one line per problem."""
+
+    failure_class: FailureClass | None = INFRASTRUCTURE  # the input is wrong, as InventoryError
 
     def __init__(self, path: str, problems: Sequence[str]) -> None:
         self.path = path
