@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from mdevtest.inventory import HostPair, Inventory
-    from mdevtest.plugin.hooks import SessionState
+
+
+class MarkerSession(Protocol):
+    """What the markers read of the session (the plugin's ``SessionState`` has it). A protocol,
+    so that this module needs nothing of the hooks that call it."""
+
+    @property
+    def inventory(self) -> Inventory | None: ...
+
+    @property
+    def allow_destructive(self) -> bool: ...
+
 
 DESTRUCTIVE_SKIP = (
     "destructive (fault injection): only on the local lab or with --mdevtest-allow-destructive"
@@ -77,7 +88,7 @@ def _check_pair_requirements(item: pytest.Item, pair: HostPair | None, vendors: 
     return problems
 
 
-def _image_workloads(state: SessionState) -> Callable[[str], str | None] | None:
+def _image_workloads(state: MarkerSession) -> Callable[[str], str | None] | None:
     """For a lab image: why a workload cannot run in it (None: it can); None for other images,
     whose guests are asked when the test runs."""
     from mdevtest.inventory import LabImage
@@ -98,7 +109,7 @@ def pair_of(inventory: Inventory | None, pair_id: object) -> HostPair | None:
     return next((p for p in inventory.pairs if p.id == pair_id), None)
 
 
-def apply_markers(state: SessionState, items: list[pytest.Item]) -> list[str]:
+def apply_markers(state: MarkerSession, items: list[pytest.Item]) -> list[str]:
     from mdevtest.vendors import known_vendors
 
     problems: list[str] = []
