@@ -312,24 +312,34 @@ class LabImage(_Model):
 
     ``lab-synthetic``: the local lab's kernel + initramfs with the synthetic GPU workload
     (:mod:`mdevtest.lab.image`); ``lab-mtty``: the nested lab's L2 guest, whose workload keeps
-    the mtty serial ports busy (:mod:`mdevtest.lab.nested_image`); ``lab-desktop``: a Debian
-    disk image with X, Mesa, the GPU benchmarks and qemu-guest-agent, booted through UEFI
-    (:mod:`mdevtest.lab.desktop_image`).
+    the mtty serial ports busy (:mod:`mdevtest.lab.nested_image`); ``lab-mtty-uefi``: the same
+    guest on a UEFI disk with qemu-guest-agent, the probe agent deployed at boot
+    (:mod:`mdevtest.lab.mtty_disk`); ``lab-desktop``: a Debian disk image with X, Mesa, the GPU
+    benchmarks and qemu-guest-agent, booted through UEFI (:mod:`mdevtest.lab.desktop_image`).
     """
 
-    kind: Literal["lab-synthetic", "lab-mtty", "lab-desktop"]
+    kind: Literal["lab-synthetic", "lab-mtty", "lab-mtty-uefi", "lab-desktop"]
     firmware: Firmware | None = None
-    """``lab-desktop`` only: ``uefi`` (default, boots its disk through OVMF and systemd-boot) or
-    ``bios`` (SeaBIOS with the image's kernel booted directly, the same disk as root)."""
+    """Disk images only. ``lab-desktop``: ``uefi`` (default, boots its disk through OVMF and
+    systemd-boot) or ``bios`` (SeaBIOS with the image's kernel booted directly, the same disk as
+    root); ``lab-mtty-uefi``: ``uefi`` only."""
 
     @model_validator(mode="after")
     def _firmware_only_for_disks(self) -> LabImage:
-        if self.firmware is not None and self.kind != "lab-desktop":
-            raise ValueError(
-                f"firmware applies to disk images (lab-desktop, disk); {self.kind} boots a kernel "
-                "directly: remove firmware"
-            )
-        return self
+        if self.firmware is None or self.kind == "lab-desktop":
+            return self
+        if self.kind == "lab-mtty-uefi":
+            if self.firmware != "uefi":
+                raise ValueError(
+                    "lab-mtty-uefi boots through UEFI only (its disk has no BIOS loader): remove "
+                    "firmware, or use kind lab-mtty for a direct kernel boot"
+                )
+            return self
+        raise ValueError(
+            f"firmware applies to disk images (lab-desktop, lab-mtty-uefi, disk); {self.kind} "
+            "boots a kernel directly: remove firmware"
+            + (" (or use kind lab-mtty-uefi, its UEFI disk)" if self.kind == "lab-mtty" else "")
+        )
 
 
 class KernelImage(_Model):
@@ -1209,6 +1219,11 @@ def describe(inv: Inventory) -> str:
         shown_image += ", probe agent deployed" if image.probe else ", no probe agent"
     elif image.kind == "lab-mtty":
         shown_image = "lab-mtty (the nested lab's L2 guest, built by the nested lab)"
+    elif image.kind == "lab-mtty-uefi":
+        shown_image = (
+            "lab-mtty-uefi (the nested lab's L2 guest on a UEFI disk with qemu-guest-agent, "
+            "the probe agent deployed; built by the nested lab)"
+        )
     elif image.kind == "lab-desktop":
         shown_image = (
             f"lab-desktop (Debian disk image with X, Mesa llvmpipe, glmark2, x11perf, ffmpeg, "

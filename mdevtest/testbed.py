@@ -61,6 +61,9 @@ EMULATED_VGA = "1234:1111"
 #: virtio-serial port for a probe deployed into any Linux guest (no UART to spare there).
 _CONTROL: dict[str, Control] = {"builtin": "uart", "deploy": "vport", "none": "none"}
 
+#: The start of the probe agent's READY line (its first field is always the display's).
+PROBE_READY = "MDT-READY fb="
+
 #: Size of the synthetic workload's DMA pattern disk.
 PATTERN_DISK_MIB = 32
 
@@ -375,9 +378,10 @@ class Testbed:
             else:
                 machine.os_info = wait_agent_ready(agent, timeout=timeout, alive=machine.is_alive)
             if image.probe == "deploy":
-                self._deploy_probe(agent, pair, options)
+                self._deploy_probe(agent, pair, {**image.probe_defaults, **options})
                 left = max(30.0, timeout - (time.monotonic() - started))
-                wait_ready(machine, timeout=left)
+                # The probe's READY (the image's own workload may print a READY of its own).
+                wait_ready(machine, timeout=left, marker=PROBE_READY)
         except BaseException:
             self.release(machine)
             raise
@@ -392,7 +396,7 @@ class Testbed:
             "console": "/dev/ttyS0",
             "ctl": f"vport:{CONTROL_PORT}",
             "drm": f"pci:{display or EMULATED_VGA}",
-            "dma_dev": f"/dev/disk/by-id/virtio-{PATTERN_SERIAL}",
+            "dma_dev": f"serial:{PATTERN_SERIAL}",
             **options,
         }
         deploy_probe(agent, probe_binary(), args)

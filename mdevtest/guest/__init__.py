@@ -25,11 +25,11 @@ def probe_verdict(console: str) -> tuple[bool | None, str]:
     from mdevtest.workloads.synthetic import find_ready
 
     ready = find_ready(console)
-    if ready is None:
-        return None, "no MDT-READY line on its console (another image, or the workload never started)"
-    if "fb" not in ready.fields:
+    if ready is not None:
+        return True, ""
+    if any(line.startswith("MDT-READY ") for line in console.split("\n")[:-1]):
         return False, "its MDT-READY line is another workload's (no fb= field)"
-    return True, ""
+    return None, "no MDT-READY line on its console (another image, or the workload never started)"
 
 
 @dataclass

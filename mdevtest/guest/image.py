@@ -11,7 +11,8 @@ runs by itself.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +53,9 @@ class BootImage:
     """The workload the image runs by itself (``synthetic``, ``mtty``), for the summary."""
     ready_marker: str | None = "MDT-READY"
     """The console line that means booted; None: the agent's ``guest-ping`` does."""
+    probe_defaults: Mapping[str, str] = field(default_factory=dict)
+    """Options a deployed probe gets in this image unless the test gives its own (e.g.
+    ``hb_ms=0`` where the image's own workload prints the console heartbeat)."""
     software_rendering: bool = False
     """The image renders OpenGL in software (Mesa llvmpipe) by design: the lab's desktop image,
     whose X server is Xvfb. A workload reporting llvmpipe fails elsewhere (a GPU was expected)."""

@@ -9,10 +9,11 @@ in any other Linux guest with qemu-guest-agent, :func:`deploy_probe` does:
 
 1. ``guest-file-open``/``-write``/``-close`` the static binary to :data:`GUEST_PATH` (48 KiB
    chunks, base64), ``chmod 755`` it;
-2. start it with ``setsid -f`` so it outlives the agent's child handling, with options naming
-   devices the way any guest has them without udev rules of ours: ``ctl=vport:<name>`` (the
-   virtio-serial port of that name), ``drm=pci:<vendor>[:<device>]`` (the DRM card whose PCI
-   device is the vGPU), ``dma_dev=/dev/disk/by-id/virtio-<serial>`` (the pattern disk);
+2. start it in a session of its own (``setsid`` in the background) so it outlives the agent's
+   child handling, with options naming devices the way any guest has them, udev or not:
+   ``ctl=vport:<name>`` (the virtio-serial port of that name), ``drm=pci:<vendor>[:<device>]``
+   (the DRM card whose PCI device is the vGPU), ``dma_dev=serial:<serial>`` (the pattern disk,
+   the block device whose ``/sys/block/*/serial`` is that);
 3. the caller waits for its ``MDT-READY`` line on the console.
 
 :func:`probe_binary` compiles it statically once per source and compiler (cached).
@@ -91,7 +92,9 @@ def deploy_probe(
             agent.execute("guest-file-write", {"handle": handle, "buf-b64": chunk}, timeout=timeout)
     finally:
         agent.execute("guest-file-close", {"handle": handle}, timeout=timeout)
-    argv = ["sh", "-c", 'chmod 755 "$1" && shift && exec setsid -f "$@" </dev/null >/dev/null 2>&1',
+    # A background setsid, not ``setsid -f`` (busybox's setsid has no -f): the shell exits at
+    # once, the probe lives on in its own session, re-parented to init.
+    argv = ["sh", "-c", 'chmod 755 "$1" && shift && { setsid "$@" </dev/null >/dev/null 2>&1 & }',
             "sh", path, path, *(f"{k}={v}" for k, v in options.items())]  # fmt: skip
     started = agent.execute(
         "guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": False}, timeout=timeout

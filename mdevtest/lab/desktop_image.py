@@ -27,7 +27,6 @@ Offline, the newest image built from the same local inputs is used.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -38,26 +37,26 @@ from pathlib import Path
 from mdevtest.data import data_dir
 from mdevtest.errors import LabError
 from mdevtest.guest.image import sha256_file
-from mdevtest.lab.nested_image import (
-    _APT_INSTALL,
-    _KEYRING,
-    SUITE,
-    Progress,
-    _CachedBuilder,
-    _digest,
-    _proc_mounted,
-    _quiet,
-    _read_manifest,
-    _remove_tree,
-    _round_up,
-    _Runner,
-    _sha256,
-    _tree_size,
-    _write_manifest,
+from mdevtest.lab.common import Progress, quiet
+from mdevtest.lab.imagebuild import (
+    APT_INSTALL,
+    DEBIAN_KEYRING,
+    CachedBuilder,
+    Runner,
     debian_mirror,
+    digest_of,
+    proc_mounted,
+    read_manifest,
+    remove_tree,
+    round_up,
+    sha256_hex,
     suite_release,
+    tree_size,
+    write_manifest,
 )
+from mdevtest.lab.nested_image import SUITE
 from mdevtest.lab.packages import ensure_packages
+from mdevtest.lab.uefi_disk import EspContents, write_uefi_disk
 
 #: Where the desktop image is kept (beside the other lab images).
 DEFAULT_CACHE_DIR = Path("/var/cache/mdevtest/desktop")
@@ -130,8 +129,6 @@ _SOURCES = ("init", "qemu-ga", "xserver", "udhcpc.script")
 _ESP_MIB = 128
 _MKFS_ROOT = ("mkfs.ext4", "-q", "-F", "-L", "mdt-root", "-m", "0", "-E", "root_owner=0:0", "-d")
 _SYSTEMD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
-_ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-_LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 
 
 @dataclass(frozen=True)
@@ -160,26 +157,26 @@ class DesktopImage:
 def build_desktop_image(
     cache_dir: Path = DEFAULT_CACHE_DIR,
     *,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     timeout_s: float = 2400,
     mirror: str | None = None,
     source_dir: Path = DEFAULT_SOURCE_DIR,
 ) -> DesktopImage:
     """Build the desktop image into ``cache_dir``, or return the cached one. Needs root."""
-    runner = _Runner("desktop image", progress, time.monotonic() + timeout_s, timeout_s)
+    runner = Runner("desktop image", progress, time.monotonic() + timeout_s, timeout_s)
     return _Builder(Path(cache_dir), runner).build(mirror or debian_mirror(), Path(source_dir))
 
 
-class _Builder(_CachedBuilder):
+class _Builder(CachedBuilder):
     def build(self, mirror: str, source_dir: Path) -> DesktopImage:
         sources = _read_sources(source_dir)
         local = self._description(mirror, sources, None)
-        local_key = _digest(local)
+        local_key = digest_of(local)
         release = suite_release(mirror, SUITE, self.runner, "desktop image")
         if release is None:
             return self._offline(local_key)
         description = self._description(mirror, sources, {"date": release.date})
-        digest = _digest(description)
+        digest = digest_of(description)
         image = _load(self.cache / digest, digest)
         if image is not None:
             self.progress(f"desktop image {digest}: cached in {image.directory}")
@@ -191,7 +188,7 @@ class _Builder(_CachedBuilder):
         with self._lock():
             for leftover in self.cache.glob(".build-*"):
                 self.progress(f"removing the leftover {leftover}")
-                _remove_tree(leftover)
+                remove_tree(leftover)
             image = _load(self.cache / digest, digest)
             if image is None:
                 installed = ensure_packages(BUILD_PACKAGES, self.progress)
@@ -210,7 +207,7 @@ class _Builder(_CachedBuilder):
         )
         for manifest in older[:-1]:
             self.progress(f"removing the older desktop image {manifest.parent}")
-            _remove_tree(manifest.parent)
+            remove_tree(manifest.parent)
 
     def _description(
         self, mirror: str, sources: Mapping[str, bytes], release: Mapping[str, str] | None
@@ -222,7 +219,7 @@ class _Builder(_CachedBuilder):
             "packages": list(PACKAGES),
             "media": {k: list(v) for k, v in MEDIA_CLIPS.items()},
             "append": APPEND,
-            "sources": {name: _sha256(data) for name, data in sorted(sources.items())},
+            "sources": {name: sha256_hex(data) for name, data in sorted(sources.items())},
         }
         if release is not None:
             described["release"] = dict(release)
@@ -248,7 +245,7 @@ class _Builder(_CachedBuilder):
     ) -> DesktopImage:
         final = self.cache / digest
         if final.exists():
-            _remove_tree(final)
+            remove_tree(final)
         self.progress(f"desktop image {digest}: building from {mirror} ({SUITE})")
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=self.cache))
@@ -258,20 +255,27 @@ class _Builder(_CachedBuilder):
             with self._step("debootstrap"):
                 run.run(
                     "debootstrap the root file system",
-                    ["debootstrap", "--variant=minbase", f"--keyring={_KEYRING}", SUITE, root, mirror],
+                    [
+                        "debootstrap",
+                        "--variant=minbase",
+                        f"--keyring={DEBIAN_KEYRING}",
+                        SUITE,
+                        root,
+                        mirror,
+                    ],
                     hint=f"check that {mirror} serves {SUITE}",
                 )
             self._prepare(root)
-            with self._step("install packages"), _proc_mounted(run, root):
+            with self._step("install packages"), proc_mounted(run, root):
                 run.chroot(
                     root,
                     "install the desktop packages",
-                    [*_APT_INSTALL, "-o", "Dpkg::Options::=--force-confold", *PACKAGES],
+                    [*APT_INSTALL, "-o", "Dpkg::Options::=--force-confold", *PACKAGES],
                     hint="the mirror may be mid-update; retry, or pass mirror=",
                 )
-            with self._step("media clips"), _proc_mounted(run, root):
+            with self._step("media clips"), proc_mounted(run, root):
                 self._media(root)
-            with self._step("GStreamer registry"), _proc_mounted(run, root):
+            with self._step("GStreamer registry"), proc_mounted(run, root):
                 self._gst_registry(root)
             kernel_version = _kernel_version(root)
             packages = _package_versions(run, root)
@@ -285,14 +289,8 @@ class _Builder(_CachedBuilder):
             shutil.copyfile(loader, work / "BOOTX64.EFI")
             self._clean(root)
             with self._step("disk image"):
-                raw = self._disk(work, root)
-                run.run(
-                    "convert the disk to qcow2",
-                    ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, work / "disk.qcow2"],
-                    hint="apt-get install qemu-utils",
-                )
-                raw.unlink()
-            _remove_tree(root)
+                self._disk(work, root)
+            remove_tree(root)
             (work / "BOOTX64.EFI").unlink()
             manifest = {
                 "digest": digest,
@@ -309,11 +307,11 @@ class _Builder(_CachedBuilder):
                 "inputs": description,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
-            _write_manifest(work, manifest)
+            write_manifest(work, manifest)
             work.chmod(0o755)
             work.rename(final)
         except BaseException:
-            _remove_tree(work)
+            remove_tree(work)
             raise
         image = _load(final, digest)
         if image is None:  # pragma: no cover - just written
@@ -391,62 +389,24 @@ class _Builder(_CachedBuilder):
             resolv.unlink()
         resolv.write_text("")
 
-    def _disk(self, work: Path, root: Path) -> Path:
-        """GPT: 1 MiB, the ESP, the root, 1 MiB for the backup table."""
-        run = self.runner
-        esp = work / "esp.img"
-        run.run(
-            "make the EFI system partition",
-            ["mkfs.fat", "-F", "32", "-n", "MDT-ESP", "-C", esp, str(_ESP_MIB * 1024)],
-            hint="apt-get install dosfstools",
-        )
-        entry = f"title mdevtest desktop\nlinux /vmlinuz\ninitrd /initrd.img\noptions {APPEND}\n"
-        (work / "mdt.conf").write_text(entry)
-        (work / "loader.conf").write_text("default mdt.conf\ntimeout 0\n")
-        mtools = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-        run.run("make ESP folders", ["mmd", "-i", esp, "::/EFI", "::/EFI/BOOT", "::/loader",
-                                     "::/loader/entries"], env=mtools)  # fmt: skip
-        for src, dst in (
-            (work / "BOOTX64.EFI", "::/EFI/BOOT/BOOTX64.EFI"),
-            (work / "vmlinuz", "::/vmlinuz"),
-            (work / "initrd.img", "::/initrd.img"),
-            (work / "loader.conf", "::/loader/loader.conf"),
-            (work / "mdt.conf", "::/loader/entries/mdt.conf"),
-        ):
-            run.run(f"copy {dst} to the ESP", ["mcopy", "-i", esp, src, dst], env=mtools)
+    def _disk(self, work: Path, root: Path) -> None:
+        """GPT: the ESP (systemd-boot, kernel, initrd, one entry), then the ext4 root."""
         rootfs = work / "root.ext4"
-        size = _round_up(int(_tree_size(root) * 1.15) + (256 << 20), 64 << 20)
-        run.run(
+        size = round_up(int(tree_size(root) * 1.15) + (256 << 20), 64 << 20)
+        self.runner.run(
             "make the ext4 root",
             [*_MKFS_ROOT, root, rootfs, f"{size // 1024}k"],
             hint="needs e2fsprogs >= 1.43 (mkfs.ext4 -d)",
         )
-        mib = 1 << 20
-        esp_start, root_start = mib, mib + _ESP_MIB * mib
-        total = root_start + size + mib
-        raw = work / "disk.raw"
-        with raw.open("wb") as fh:
-            fh.truncate(total)
-        table = (
-            "label: gpt\n"
-            f"start={esp_start // 512}, size={_ESP_MIB * mib // 512}, type={_ESP_TYPE}, name=mdt-esp\n"
-            f"start={root_start // 512}, size={size // 512}, type={_LINUX_TYPE}, name=mdt-root\n"
+        esp = EspContents(
+            loader=work / "BOOTX64.EFI",
+            kernel=work / "vmlinuz",
+            initrd=work / "initrd.img",
+            append=APPEND,
+            title="mdevtest desktop",
+            size_mib=_ESP_MIB,
         )
-        (work / "table.sfdisk").write_text(table)
-        run.run(
-            "write the partition table",
-            ["sh", "-c", 'sfdisk --no-reread --no-tell-kernel -q "$1" < "$2"', "sh", raw,
-             work / "table.sfdisk"],
-            hint="apt-get install fdisk",
-        )  # fmt: skip
-        for part, offset in ((esp, esp_start), (rootfs, root_start)):
-            run.run(
-                f"copy {part.name} into the disk",
-                ["dd", f"if={part}", f"of={raw}", "bs=1M", f"seek={offset // mib}",
-                 "conv=notrunc,sparse", "status=none"],
-            )  # fmt: skip
-            part.unlink()
-        return raw
+        write_uefi_disk(self.runner, work, esp, work / "disk.qcow2", root_image=rootfs)
 
 
 def _read_sources(source_dir: Path) -> dict[str, bytes]:
@@ -469,7 +429,7 @@ def _kernel_version(root: Path) -> str:
     return found[0]
 
 
-def _package_versions(runner: _Runner, root: Path) -> dict[str, str]:
+def _package_versions(runner: Runner, root: Path) -> dict[str, str]:
     out = runner.run(
         "list the installed versions",
         ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W", "-f=${Package} ${Version}\\n"],
@@ -486,7 +446,7 @@ def _package_versions(runner: _Runner, root: Path) -> dict[str, str]:
 
 
 def _load(directory: Path, digest: str) -> DesktopImage | None:
-    manifest = _read_manifest(directory, digest)
+    manifest = read_manifest(directory, digest)
     if manifest is None:
         return None
     files = {n: directory / str(manifest.get(n, "")) for n in ("disk", "kernel", "initrd")}

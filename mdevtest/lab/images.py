@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from mdevtest.guest.image import BootImage
 from mdevtest.inventory import LabImage
@@ -31,6 +32,8 @@ class LabImageKind:
     build: Callable[[LabImage, Progress], BootImage]
     lacks: Mapping[str, str] = field(default_factory=dict)
     """Why a workload it does not carry cannot exist in it (the skip reason)."""
+    lab: Literal["local", "nested"] = "local"
+    """The lab whose hosts boot it (``lab up`` of that flavour builds it)."""
 
     def why_not(self, workload: str) -> str | None:
         """None when the image carries ``workload``; else why not, for the skip."""
@@ -65,6 +68,27 @@ def _mtty(_spec: LabImage, progress: Progress) -> BootImage:
         initrd=guest.initrd,
         append=guest.append,
         workload="mtty",
+    )
+
+
+def _mtty_uefi(_spec: LabImage, progress: Progress) -> BootImage:
+    from mdevtest.lab.mtty_disk import build_mtty_disk
+
+    built = build_mtty_disk(progress=progress)
+    return BootImage(
+        digest=built.digest,
+        description=f"{built.description}, uefi boot",
+        disk=built.disk,
+        disk_format="qcow2",
+        disk_sha256=built.disk_sha256,
+        firmware="uefi",
+        agent=True,
+        probe="deploy",
+        workload="mtty",
+        ready_marker=None,
+        # The mtty workload keeps the console heartbeat (one MDT-HB stream per console); a
+        # frame a second is plenty for the display probe under TCG inside TCG.
+        probe_defaults={"hb_ms": "0", "fps": "2"},
     )
 
 
@@ -119,6 +143,15 @@ LAB_IMAGES: dict[str, LabImageKind] = {
         "the nested lab's L2 guest with the mtty workload (built by the nested lab)",
         frozenset({"mtty"}),
         _mtty,
+        lab="nested",
+    ),
+    "lab-mtty-uefi": LabImageKind(
+        "lab-mtty-uefi",
+        "the nested lab's L2 guest as a UEFI disk (systemd-boot, OVMF) with qemu-guest-agent; "
+        "the mtty workload runs, the probe agent is deployed at boot",
+        frozenset({"mtty"}),
+        _mtty_uefi,
+        lab="nested",
     ),
     "lab-desktop": LabImageKind(
         "lab-desktop",

@@ -241,10 +241,12 @@ class LocalLab:
                 self._write_known_hosts()
                 self._wait_ssh()
         image = self.inventory.guest.image
-        if build_image and isinstance(image, LabImage) and image.kind != "lab-mtty":
+        if build_image and isinstance(image, LabImage):
             from mdevtest.lab.images import lab_image
 
-            lab_image(image.kind).build(image, progress)
+            kind = lab_image(image.kind)
+            if kind.lab == "local":
+                kind.build(image, progress)
         return not was_up
 
     def clear_faults(self) -> list[str]:

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mdevtest.errors import LabError, MdevtestError
-from mdevtest.inventory import Host, Inventory
+from mdevtest.inventory import Host, Inventory, LabImage
 from mdevtest.lab.common import Progress, lab_lock, sh
 from mdevtest.lab.common import cmdline as _cmdline
 from mdevtest.lab.common import pid_if_ours as _pid_if_ours
@@ -289,14 +289,21 @@ class NestedLab:
     def up(self, progress: Progress = _quiet, *, build_image: bool = True) -> bool:
         """Make the lab whole. Return whether it was not up before (so the caller owns it).
 
-        The images are always built or taken from the cache (the hosts boot from them);
-        ``build_image`` is accepted for the CLI's ``--no-image`` and means nothing here.
+        The host images are always built or taken from the cache (the hosts boot from them);
+        ``build_image`` (the CLI's ``--no-image`` turns it off) also builds the inventory's guest
+        image when it is one of this lab's (``lab-mtty-uefi``: its disk).
         """
-        del build_image
         if os.geteuid() != 0:
             raise LabError("the nested lab needs root (image build, /run/lock); run as root")
         ensure_packages(CONTROLLER_PACKAGES, progress)
         images = build_nested_images(progress=progress)
+        guest_image = self.inventory.guest.image
+        if build_image and isinstance(guest_image, LabImage):
+            from mdevtest.lab.images import lab_image
+
+            kind = lab_image(guest_image.kind)
+            if kind.lab == "nested":
+                kind.build(guest_image, progress)
         with self._locked():
             before = self.status()
             if before.up:

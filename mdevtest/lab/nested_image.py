@@ -42,32 +42,39 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import hashlib
 import io
 import ipaddress
-import json
-import os
 import re
 import shlex
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from mdevtest.data import data_dir
 from mdevtest.errors import LabError
-from mdevtest.filelock import locked
 from mdevtest.lab.common import CpioWriter as _CpioWriter
 from mdevtest.lab.common import check_busybox as _check_busybox
 from mdevtest.lab.common import modinfo as _modinfo
 from mdevtest.lab.image import GuestImage
+from mdevtest.lab.imagebuild import APT_INSTALL as _APT_INSTALL
+from mdevtest.lab.imagebuild import DEBIAN_KEYRING as _KEYRING
+from mdevtest.lab.imagebuild import STDERR_TAIL_LINES as _STDERR_TAIL_LINES
+from mdevtest.lab.imagebuild import CachedBuilder as _CachedBuilder
+from mdevtest.lab.imagebuild import Release as _Release
+from mdevtest.lab.imagebuild import Runner as _Runner
+from mdevtest.lab.imagebuild import debian_mirror, suite_release
+from mdevtest.lab.imagebuild import digest_of as _digest
+from mdevtest.lab.imagebuild import proc_mounted as _proc_mounted
+from mdevtest.lab.imagebuild import read_manifest as _read_manifest
+from mdevtest.lab.imagebuild import remove_tree as _remove_tree
+from mdevtest.lab.imagebuild import round_up as _round_up
+from mdevtest.lab.imagebuild import sha256_hex as _sha256
+from mdevtest.lab.imagebuild import tree_size as _tree_size
+from mdevtest.lab.imagebuild import write_manifest as _write_manifest
 from mdevtest.lab.packages import ensure_packages
 
 #: Where the nested lab keeps its images.
@@ -79,22 +86,24 @@ BUILDER_VERSION = "1"
 #: The Debian release of the L1 hosts (kernel 6.12 with VFIO as modules, QEMU 10.0).
 SUITE = "trixie"
 
-#: Used when apt's sources name no Debian mirror.
-FALLBACK_MIRROR = "http://deb.debian.org/debian"
-
-_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-
 #: The metapackage whose dependency names the kernel to install.
 KERNEL_METAPACKAGE = "linux-image-amd64"
 
 #: Installed into the L1 root file system (with ``--no-install-recommends``), beside the kernel
 #: and its headers. ``systemd-standalone-sysusers`` satisfies openssh-server without systemd;
-#: seabios and ipxe-qemu are the firmware the L2 QEMU loads; make builds mtty.ko; zstd
-#: compresses the initramfs.
+#: seabios, ipxe-qemu and ovmf are the firmware the L2 QEMU loads (ovmf: the UEFI disk guest);
+#: qemu-utils makes the L2 disk overlays; make builds mtty.ko; zstd compresses the initramfs.
+#: qemu-guest-agent and systemd-boot-efi are not used by the host: they are where the L2 UEFI
+#: disk guest's agent and boot loader come from (:mod:`mdevtest.lab.mtty_disk`), the same
+#: Debian build as everything else in the image.
 HOST_PACKAGES: tuple[str, ...] = (
     "qemu-system-x86",
+    "qemu-utils",
     "seabios",
     "ipxe-qemu",
+    "ovmf",
+    "qemu-guest-agent",
+    "systemd-boot-efi",
     "openssh-server",
     "systemd-standalone-sysusers",
     "kmod",
@@ -164,15 +173,12 @@ ClientAliveCountMax 8
 #: Where the guest-side sources live: the checkout's ``workloads/``, or the installed copy.
 DEFAULT_SOURCE_DIR = data_dir("workloads") / "mtty"
 
-_APT_INSTALL = ("apt-get", "install", "-y", "-q", "--no-install-recommends")
 _MKFS = ("mkfs.ext4", "-q", "-F", "-L", "mdt-l1-root", "-m", "0", "-E", "root_owner=0:0", "-d")
 _CC = "gcc"
 _CFLAGS = ("-std=c99", "-static", "-O2", "-s", "-Wall", "-Wextra")
-_STDERR_TAIL_LINES = 12
 _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 Progress = Callable[[str], None]
-_Image = TypeVar("_Image")
 
 
 def _quiet(_message: str) -> None:
@@ -378,252 +384,6 @@ def write_config_disk(path: Path, *, authorized_keys: str, host_key: Path | None
             tar.addfile(info, io.BytesIO(data))
     tmp.rename(path)
     return path
-
-
-def debian_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
-    """The Debian mirror apt uses here (the first ``.../debian`` source that is not security)."""
-    candidates: list[str] = []
-    sources = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
-    for path in sources:
-        with contextlib.suppress(OSError):
-            for line in path.read_text().splitlines():
-                words = line.split("#", 1)[0].split()
-                if len(words) >= 3 and words[0] == "deb":
-                    uri = next((w for w in words[1:] if not w.startswith("[")), "")
-                    candidates.append(uri)
-    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
-        with contextlib.suppress(OSError):
-            for stanza in path.read_text().split("\n\n"):
-                fields: dict[str, str] = {}
-                for line in stanza.splitlines():
-                    if line.startswith("#") or ":" not in line:
-                        continue
-                    key, _, value = line.partition(":")
-                    fields[key.strip().lower()] = value.strip()
-                if "deb" in fields.get("types", "").split() and fields.get("enabled") != "no":
-                    candidates.extend(fields.get("uris", "").split())
-    for uri in candidates:
-        if uri.rstrip("/").endswith("/debian"):
-            return uri.rstrip("/")
-    return FALLBACK_MIRROR
-
-
-# -- commands ------------------------------------------------------------------------------------------
-
-
-class _Runner:
-    """Runs the build's commands under one deadline; failures become :class:`LabError`."""
-
-    def __init__(self, what: str, progress: Progress, deadline: float, budget: float) -> None:
-        self.what = what
-        self.progress = progress
-        self.deadline = deadline
-        self.budget = budget
-
-    def remaining(self, step: str) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise LabError(
-                f"{self.what}: out of time ({self.budget:g} s) before: {step}; "
-                f"raise timeout_s or check why the previous steps were slow"
-            )
-        return left
-
-    def run_bytes(
-        self,
-        step: str,
-        cmd: Sequence[str | Path],
-        *,
-        cwd: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        hint: str = "",
-        check: bool = True,
-    ) -> bytes:
-        argv = [str(c) for c in cmd]
-        timeout = self.remaining(step)
-        if env is None:
-            env = dict(os.environ, LC_ALL="C", DEBIAN_FRONTEND="noninteractive")
-        try:
-            proc = subprocess.run(
-                argv,
-                cwd=cwd,
-                env=dict(env),
-                capture_output=True,
-                timeout=timeout,
-                check=False,
-                stdin=subprocess.DEVNULL,
-            )
-        except FileNotFoundError as exc:
-            raise LabError(
-                f"{self.what}: cannot {step}: {argv[0]} is not installed" + (f"; {hint}" if hint else "")
-            ) from exc
-        except subprocess.TimeoutExpired as exc:
-            raise LabError(
-                f"{self.what}: cannot {step}: `{shlex.join(argv)}` did not finish within "
-                f"{timeout:.0f} s (the budget is {self.budget:g} s)"
-            ) from exc
-        if check and proc.returncode != 0:
-            lines = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
-            tail = "\n    ".join(lines[-_STDERR_TAIL_LINES:])
-            raise LabError(
-                f"{self.what}: cannot {step}: `{shlex.join(argv)}` exited {proc.returncode}"
-                + (f"\n  stderr:\n    {tail}" if tail else "")
-                + (f"\n  {hint}" if hint else "")
-            )
-        return proc.stdout
-
-    def run(
-        self,
-        step: str,
-        cmd: Sequence[str | Path],
-        *,
-        cwd: Path | None = None,
-        env: Mapping[str, str] | None = None,
-        hint: str = "",
-        check: bool = True,
-    ) -> str:
-        out = self.run_bytes(step, cmd, cwd=cwd, env=env, hint=hint, check=check)
-        return out.decode(errors="replace")
-
-    def chroot(
-        self, root: Path, step: str, cmd: Sequence[str | Path], *, hint: str = "", check: bool = True
-    ) -> str:
-        """Run ``cmd`` inside ``root`` with a clean environment."""
-        return self.run(step, ["chroot", root, *cmd], env=_CHROOT_ENV, hint=hint, check=check)
-
-
-_CHROOT_ENV: Mapping[str, str] = {
-    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-    "LC_ALL": "C",
-    "HOME": "/root",
-    "DEBIAN_FRONTEND": "noninteractive",
-    "DEBCONF_NONINTERACTIVE_SEEN": "true",
-}
-
-
-@contextlib.contextmanager
-def _proc_mounted(runner: _Runner, root: Path) -> Iterator[None]:
-    """``/proc`` mounted in the chroot for the duration (package scripts read it)."""
-    target = root / "proc"
-    runner.run("mount /proc in the chroot", ["mount", "-t", "proc", "proc", target])
-    try:
-        yield
-    finally:
-        _unmount(target)
-
-
-def _unmount(target: Path) -> None:
-    proc = subprocess.run(["umount", str(target)], capture_output=True, timeout=60, check=False)
-    if proc.returncode != 0:  # busy: detach it, it goes when the last user does
-        subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=60, check=False)
-
-
-def _mounts_under(path: Path) -> list[Path]:
-    """Mount points at or below ``path``, deepest first."""
-    prefix = str(path.resolve())
-    found: list[Path] = []
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(Path(point))
-    return sorted(found, key=lambda p: len(p.parts), reverse=True)
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a (build) tree, unmounting whatever is still mounted in it first."""
-    for point in _mounts_under(path):
-        _unmount(point)
-    if _mounts_under(path):
-        raise LabError(f"nested image: {path} still has mounts; unmount them and remove it")
-    shutil.rmtree(path, ignore_errors=True)
-
-
-# -- the builder --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Release:
-    date: str
-    version: str
-
-
-def suite_release(mirror: str, suite: str, runner: _Runner, what: str) -> _Release | None:
-    """The suite's ``Date`` and ``Version`` on the mirror; None when it cannot be reached."""
-    url = f"{mirror}/dists/{suite}/InRelease"
-    try:
-        with urllib.request.urlopen(url, timeout=min(30.0, runner.remaining(url))) as r:
-            text = r.read(1 << 20).decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        raise LabError(
-            f"{what}: {mirror} does not serve {suite}: {url} answered HTTP {exc.code}; "
-            f"pass mirror= naming a Debian mirror that has dists/{suite}"
-        ) from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        runner.progress(f"cannot fetch {url} ({exc}); looking for a cached image")
-        return None
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key in ("Date", "Version", "Codename") and key not in fields:
-            fields[key] = value.strip()
-    if fields.get("Codename") != suite or "Date" not in fields:
-        raise LabError(
-            f"{what}: {url} does not describe {suite} (Codename "
-            f"{fields.get('Codename', 'missing')}); pass mirror= naming a Debian mirror "
-            f"that serves {suite}"
-        )
-    return _Release(date=fields["Date"], version=fields.get("Version", ""))
-
-
-class _CachedBuilder:
-    """What the labs' image builders share: a cache folder with a lock, timed steps, and the
-    newest image built from the same local inputs for when the mirror cannot be reached."""
-
-    def __init__(self, cache: Path, runner: _Runner) -> None:
-        self.cache = cache
-        self.runner = runner
-        self.progress = runner.progress
-        self.timings: dict[str, float] = {}
-
-    def _lock(self) -> contextlib.AbstractContextManager[None]:
-        path = self.cache / ".lock"
-        return locked(
-            path,
-            poll_s=0.5,
-            while_waiting=lambda _s: self.runner.remaining(
-                f"waiting for another build to release {path}"
-            ),
-        )
-
-    @contextlib.contextmanager
-    def _step(self, name: str) -> Iterator[None]:
-        self.progress(f"{name} ...")
-        start = time.monotonic()
-        yield
-        took = time.monotonic() - start
-        self.timings[name] = round(took, 1)
-        self.progress(f"{name}: {took:.1f} s")
-
-    @staticmethod
-    def _newest_built(
-        directory: Path, local_key: str, load: Callable[[Path, str], _Image | None]
-    ) -> tuple[str, _Image] | None:
-        """The newest complete image in ``directory`` built from inputs whose local key is
-        ``local_key``, with when it was built."""
-        best: tuple[str, _Image] | None = None
-        for manifest in directory.glob("*/manifest.json"):
-            try:
-                data = json.loads(manifest.read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(data, dict) or data.get("local_key") != local_key:
-                continue
-            image = load(manifest.parent, str(data.get("digest", "")))
-            built = str(data.get("built_at", ""))
-            if image is not None and (best is None or built > best[0]):
-                best = (built, image)
-        return best
 
 
 class _NestedBuilder(_CachedBuilder):
@@ -1202,48 +962,6 @@ def _read_sources(source_dir: Path) -> dict[str, bytes]:
                 f"at the workloads/mtty folder of an mdevtest checkout"
             ) from exc
     return found
-
-
-def _digest(description: Mapping[str, object]) -> str:
-    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _round_up(value: int, step: int) -> int:
-    return -(-value // step) * step
-
-
-def _tree_size(root: Path) -> int:
-    """Bytes the tree's files take (apparent sizes, hard links once, 4 KiB per inode)."""
-    total = 0
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in (*dirnames, *filenames):
-            st = os.lstat(os.path.join(dirpath, name))
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            total += _round_up(st.st_size, 4096) + 256
-    return total
-
-
-def _write_manifest(directory: Path, manifest: Mapping[str, object]) -> None:
-    tmp = directory / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    tmp.rename(directory / "manifest.json")
-
-
-def _read_manifest(directory: Path, digest: str) -> dict[str, object] | None:
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("digest") != digest:
-        return None
-    return manifest
 
 
 def _load_host(directory: Path, digest: str) -> HostImage | None:

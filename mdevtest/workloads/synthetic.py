@@ -61,7 +61,7 @@ _END = 0x4D
 _HB = re.compile(r"MDT-HB seq=(\d+) t=(\d+)")
 _FRAME = re.compile(r"MDT-FRAME n=(\d+) t=(\d+)(?: late=(\d+))?")
 _BOOT = re.compile(r"MDT-BOOT uptime_ms=(\d+)(?: .*)?")
-_READY = re.compile(r"MDT-READY( .*)?")
+_READY = re.compile(r"MDT-READY( fb=.*)")  # other workloads (mtty) print READY lines too
 _FB = re.compile(r"(\d+)x(\d+)x(\d+)")
 
 

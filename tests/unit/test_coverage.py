@@ -325,3 +325,9 @@ def test_the_coverage_line_reaches_the_allure_description(pytester: pytest.Pytes
         "Migrate once.\n\n**Check coverage**\n\n"
         "- host-a->host-b: checks skipped: ram-integrity (why); ran 8"
     )
+
+
+def test_the_probe_runs_beside_another_workload_on_one_console() -> None:
+    """The nested lab's UEFI disk guest: mtty's READY first, then the deployed probe's."""
+    a = FakeMachine("host-a/vm1", BOOT + MTTY_READY + READY)
+    assert Guest(cast(RemoteMachine, a)).probe is True

@@ -103,6 +103,8 @@ def test_a_disk_image_gets_uefi_agent_and_probe_by_default(tmp_path: Path) -> No
         ("kind: disk\npath: g.qcow2\nfirmware: coreboot\n", "must be one of 'bios', 'uefi'"),
         ("kind: disk\npath: g.qcow2\nsha256: abc\n", "sha256"),
         ("kind: lab-synthetic\nfirmware: uefi\n", "firmware applies to disk images"),
+        ("kind: lab-mtty\nfirmware: uefi\n", "use kind lab-mtty-uefi"),
+        ("kind: lab-mtty-uefi\nfirmware: bios\n", "boots through UEFI only"),
         ("kind: disk\npath: g.qcow2\nformat: vmdk\n", "must be one of 'qcow2', 'raw'"),
     ],
 )

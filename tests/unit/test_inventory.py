@@ -349,7 +349,7 @@ def test_bad_discriminator_lists_the_image_kinds(tmp_path: Path) -> None:
 
     assert (
         "guest.image.kind: 'iso' is not allowed: must be one of "
-        "'lab-synthetic', 'lab-mtty', 'lab-desktop', 'kernel', 'disk'" in message
+        "'lab-synthetic', 'lab-mtty', 'lab-mtty-uefi', 'lab-desktop', 'kernel', 'disk'" in message
     )
 
 

@@ -534,3 +534,13 @@ def test_guest_disk_pattern_matches_the_python_one(guest_workload: Path, index: 
         timeout=60,
     ).stdout
     assert block == pattern_block(index)
+
+
+def test_ready_skips_another_workloads_ready_line() -> None:
+    """The nested UEFI disk guest runs the mtty workload and the deployed probe on one console:
+    the probe's READY is the one whose first field is the display's."""
+    mtty = "MDT-READY ports=ttyS4,ttyS5 hb_ms=100 report_ms=1000 version=1\n"
+    ready = find_ready(mtty + LOG)
+    assert ready is not None
+    assert ready.fields["api"] == "drm"
+    assert find_ready(mtty) is None

@@ -1893,7 +1893,7 @@ static int disk_block_to_stdout(int argc, char **argv)
 /* ------------------------------------------------------------------------------------------ */
 /* Device names that any Linux guest has, without udev: ctl=vport:NAME is the virtio-serial    */
 /* port of that name, drm=pci:VVVV[:DDDD] the DRM card of the PCI device with those IDs (the   */
-/* device under test, not card0 by index).                                                     */
+/* device under test, not card0 by index), dma_dev=serial:NAME the disk with that serial.      */
 
 static int read_sysfs_line(const char *path, char *buf, size_t len)
 {
@@ -1958,14 +1958,40 @@ static int resolve_drm_pci(const char *ids, char *out, size_t len)
     return found;
 }
 
+static int resolve_block_serial(const char *want, char *out, size_t len)
+{
+    DIR *d = opendir("/sys/block");
+    if (!d)
+        return -1;
+    struct dirent *e;
+    int found = -1;
+    while (found < 0 && (e = readdir(d))) {
+        char path[320], serial[128];
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+        if (read_sysfs_line(path, serial, sizeof serial) == 0 && strcmp(serial, want) == 0) {
+            snprintf(out, len, "/dev/%.48s", e->d_name);
+            found = 0;
+        }
+    }
+    closedir(d);
+    return found;
+}
+
 /* Waits up to fb_wait_ms for the named devices to appear (drivers may still be probing). */
 static void resolve_devices(void)
 {
     uint64_t deadline = now_ns() + (uint64_t)cfg.fb_wait_ms * 1000000ull;
     int want_ctl = strncmp(cfg.ctl, "vport:", 6) == 0;
     int want_drm = strncmp(cfg.drm, "pci:", 4) == 0;
+    int want_dma = strncmp(cfg.dma_dev, "serial:", 7) == 0;
     char path[STR_OPT_LEN];
     for (;;) {
+        if (want_dma && resolve_block_serial(cfg.dma_dev + 7, path, sizeof path) == 0) {
+            snprintf(cfg.dma_dev, sizeof cfg.dma_dev, "%s", path);
+            want_dma = 0;
+        }
         if (want_ctl && resolve_vport(cfg.ctl + 6, path, sizeof path) == 0) {
             snprintf(cfg.ctl, sizeof cfg.ctl, "%s", path);
             want_ctl = 0;
@@ -1974,12 +2000,14 @@ static void resolve_devices(void)
             snprintf(cfg.drm, sizeof cfg.drm, "%s", path);
             want_drm = 0;
         }
-        if ((!want_ctl && !want_drm) || now_ns() > deadline)
+        if ((!want_ctl && !want_drm && !want_dma) || now_ns() > deadline)
             break;
         usleep(50000);
     }
     if (want_drm)
         emit("MDT-WARN no-drm-card pci=%s", cfg.drm + 4);
+    if (want_dma)
+        emit("MDT-WARN no-disk serial=%s", cfg.dma_dev + 7);
 }
 
 int main(int argc, char **argv)
