@@ -7,9 +7,10 @@ migration address. The answer pins ``failure_class`` on the error and adds the f
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from mdevtest.errors import INFRASTRUCTURE, PRODUCT, FailureClass, MdevtestError, MigrationError
+from mdevtest.errors import INFRASTRUCTURE, PRODUCT, FailureClass, MdevtestError
 from mdevtest.inventory import HostPair
 from mdevtest.qemu.machine import RemoteMachine
 from mdevtest.remote import Remote
@@ -24,19 +25,55 @@ class Diagnosis:
         return "; ".join(self.findings) or "no infrastructure problem found"
 
 
-def diagnose(route: HostPair, source_remote: Remote, destination: RemoteMachine) -> Diagnosis:
+#: What QEMU's destination prints when the incoming device state is refused: the vendor driver's
+#: (or QEMU's device model's) verdict, so the product's. Seen on QEMU 10.0 with mtty:
+#: ``error while loading state section id 2(0000:00:03.0/vfio)`` then ``load of migration failed:
+#: Bad address``.
+_LOAD_ERROR = re.compile(
+    r"error while loading state|load of migration failed|vfio.*(?:error|failed).*(?:load|state)"
+    r"|Failed to load \S+:",
+    re.IGNORECASE,
+)
+
+
+def load_error(qemu_log: str) -> str | None:
+    """The destination log's lines saying it refused the incoming state (None: none)."""
+    lines = [ln.strip() for ln in qemu_log.splitlines() if _LOAD_ERROR.search(ln)]
+    return " / ".join(lines[-3:]) or None
+
+
+def diagnose(
+    route: HostPair,
+    source_remote: Remote,
+    destination: RemoteMachine,
+    *,
+    cancelled: bool = False,
+) -> Diagnosis:
+    """``cancelled``: mdevtest cancelled the migration (it did not converge in time): the
+    destination QEMU ends with the cancel, which is no infrastructure finding then."""
     findings: list[str] = []
     infra = False
+    refused: str | None = None
     try:
         alive = destination.is_alive()
     except MdevtestError as exc:
         alive, infra = False, True
         findings.append(f"{route.destination} unreachable over SSH: {exc}")
     if not alive and not infra:
-        infra = True
-        findings.append(
-            f"destination QEMU ({destination.label}) is gone; log: {destination.log_tail(5)}"
-        )
+        try:
+            tail = destination.log_tail(30)
+        except MdevtestError as exc:
+            tail = f"(its log cannot be read: {exc})"
+        refused = load_error(tail)
+        if refused is not None:
+            findings.append(f"the destination refused the device state: {refused}")
+        elif cancelled:
+            findings.append("the destination QEMU ended with the cancel (expected)")
+        else:
+            infra = True
+            findings.append(
+                f"destination QEMU ({destination.label}) is gone; log: {tail.strip()[-400:]}"
+            )
     elif alive:
         try:
             destination.qmp.execute("query-status", timeout=3)
@@ -45,17 +82,22 @@ def diagnose(route: HostPair, source_remote: Remote, destination: RemoteMachine)
             findings.append(
                 f"destination QEMU ({destination.label}) does not answer QMP (stopped or hung)"
             )
-    probe = source_remote.run(["ping", "-c", "1", "-W", "2", route.migration_address], timeout=15)
-    if probe.rc != 0:
+    try:
+        probe = source_remote.run(["ping", "-c", "1", "-W", "2", route.migration_address], timeout=15)
+        reached = probe.rc == 0
+        why = f"ping rc={probe.rc}"
+    except MdevtestError as exc:
+        reached, why = False, f"{route.source} unreachable over SSH: {exc}"
+    if not reached:
         infra = True
         address = route.migration_address
-        findings.append(
-            f"{route.source} cannot reach the migration address {address} (ping rc={probe.rc})"
-        )
-    return Diagnosis(INFRASTRUCTURE if infra else PRODUCT, tuple(findings))
+        findings.append(f"{route.source} cannot reach the migration address {address} ({why})")
+    # A refused device state is the product's, whatever else is wrong with the lab.
+    failure: FailureClass = PRODUCT if refused is not None or not infra else INFRASTRUCTURE
+    return Diagnosis(failure, tuple(findings))
 
 
-def pin(exc: MigrationError, diagnosis: Diagnosis) -> None:
+def pin(exc: MdevtestError, diagnosis: Diagnosis) -> None:
     """Attach the diagnosis to the error: its ``failure_class`` (on the instance, over the
     class's), and the findings in its message."""
     exc.failure_class = diagnosis.failure_class

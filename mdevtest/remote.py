@@ -48,6 +48,9 @@ from mdevtest.credentials import SecretUnavailable
 from mdevtest.errors import CommandFailed, CommandTimedOut, ConnectFailed, KeyFileError, RemoteError
 from mdevtest.inventory import Host
 
+#: A host taken for dead is probed (a TCP connect to its SSH port, <= 1 s) at most this often.
+DEAD_PROBE_EVERY_S = 5.0
+
 #: A private key file is a few KiB; a larger file is not one.
 _MAX_KEY_BYTES = 64 * 1024
 _KEY_CLASSES: tuple[tuple[type[Any], type[paramiko.PKey]], ...] = (
@@ -200,6 +203,7 @@ class Remote:
         self.name = host.name
         self._conn: Connection | None = None
         self._lock = threading.Lock()
+        self._dead: tuple[float, str] | None = None  # (when last probed, why it is dead)
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -259,8 +263,41 @@ class Remote:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         return conn
 
+    @property
+    def unreachable(self) -> str | None:
+        """Why the host is taken for dead (None: it is not)."""
+        return self._dead[1] if self._dead is not None else None
+
+    def _mark_dead(self, why: str) -> None:
+        self._dead = (time.monotonic(), why)
+
+    def _still_dead(self) -> str | None:
+        """While dead, one quick TCP probe of the SSH port at most every
+        :data:`DEAD_PROBE_EVERY_S`; the host is alive again once one connects."""
+        if self._dead is None:
+            return None
+        probed, why = self._dead
+        if time.monotonic() - probed < DEAD_PROBE_EVERY_S:
+            return why
+        ssh = self.host.ssh
+        try:
+            with socket.create_connection(
+                (self.host.address, ssh.port), timeout=min(1.0, ssh.connect_timeout_s)
+            ):
+                pass
+        except OSError:
+            self._dead = (time.monotonic(), why)
+            return why
+        self._dead = None
+        return None
+
     def connect(self) -> Connection:
-        """Open the connection if it is not open (or was dropped); return it."""
+        """Open the connection if it is not open (or was dropped); return it.
+
+        A host that could not be reached is taken for dead: calls fail at once with
+        :class:`ConnectFailed` saying so, so a dead host costs one connect timeout, not one per
+        call (cleanup, diagnosis and reports make many); a quick TCP probe of its SSH port, at
+        most every :data:`DEAD_PROBE_EVERY_S`, tells when it is back."""
         with self._lock:
             if self._conn is not None and self._conn.is_connected:
                 transport = self._conn.transport
@@ -268,6 +305,9 @@ class Remote:
                     return self._conn
                 self._conn.close()
                 self._conn = None
+            dead = self._still_dead()
+            if dead is not None:
+                raise ConnectFailed(self.name, f"unreachable (not retried for a while): {dead}")
             conn = self._new_connection(self._private_key())
             ssh = self.host.ssh
             where = f"{ssh.user}@{self.host.address}:{ssh.port}"
@@ -291,13 +331,17 @@ class Remote:
                         "add it (ssh-keyscan) or, for a throw-away lab only, set "
                         "ssh.accept_unknown_host_keys: true",
                     ) from exc
-                raise ConnectFailed(self.name, f"SSH to {where} failed: {exc}") from exc
+                why = f"SSH to {where} failed: {exc}"  # no banner, no key exchange: hung
+                self._mark_dead(why)
+                raise ConnectFailed(self.name, why) from exc
             except (OSError, EOFError) as exc:
-                raise ConnectFailed(
-                    self.name, f"cannot reach {where} within {ssh.connect_timeout_s:g} s: {exc}"
-                ) from exc
-            if ssh.keepalive_s and conn.transport is not None:
-                conn.transport.set_keepalive(ssh.keepalive_s)
+                why = f"cannot reach {where} within {ssh.connect_timeout_s:g} s: {exc}"
+                self._mark_dead(why)
+                raise ConnectFailed(self.name, why) from exc
+            if conn.transport is not None:
+                _bound_transport(conn.transport, ssh.keepalive_s, ssh.dead_after_s,
+                                 ssh.connect_timeout_s)  # fmt: skip
+            self._dead = None
             self._conn = conn
             return conn
 
@@ -534,6 +578,23 @@ class UnixSocketBridge:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _bound_transport(
+    transport: paramiko.Transport, keepalive_s: int, dead_after_s: float, open_timeout_s: float
+) -> None:
+    """A dead peer ends the connection within about ``keepalive_s + dead_after_s``: keepalives
+    keep data in flight, and the kernel aborts a connection whose data stays unacknowledged for
+    ``dead_after_s`` (``TCP_USER_TIMEOUT``; TCP retransmits for ~15 min otherwise), which wakes
+    every waiting channel. Opening a channel waits twice ``open_timeout_s``, not paramiko's hour."""
+    if keepalive_s:
+        transport.set_keepalive(keepalive_s)
+    transport.channel_timeout = 2 * open_timeout_s  # a loaded (TCG) host opens channels slowly
+    sock = transport.sock
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError, AttributeError):  # TCP_USER_TIMEOUT: Linux only
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_after_s * 1000))
 
 
 class RemotePool:

@@ -90,6 +90,10 @@ class Testbed:
         self._qemu_args: dict[str, tuple[str, ...]] = {}  # machine tag -> a test's own QEMU args
         self._controller_addr: dict[str, str] = {}
         self._machines: list[RemoteMachine] = []
+        # host -> machines (with their mdev) whose release failed because the host was
+        # unreachable: released when the host answers again (before the next machine there,
+        # by the next lease's reaper, at close), else by a later run's reaper
+        self._pending: dict[str, list[tuple[RemoteMachine, VgpuAllocation | None]]] = {}
 
     def remote(self, host: str) -> Remote:
         return self.pool[host]
@@ -118,8 +122,9 @@ class Testbed:
         Call it only while holding the host's lease: a live run keeps its machines and mdevs only
         while it holds the lease, so whatever is left then belongs to a run that died.
         """
+        done = self.flush_pending(host)
         left = reap(self.remote(host), keep_run=self.run_id)
-        return left + [f"mdev {u}" for u in self.mdevs(host).reap(keep_owner=self.run_id)]
+        return done + left + [f"mdev {u}" for u in self.mdevs(host).reap(keep_owner=self.run_id)]
 
     def reap(self) -> dict[str, list[str]]:
         """:meth:`reap_host` on every host (``mdevtest lab reap``; no other run may be active)."""
@@ -273,6 +278,7 @@ class Testbed:
         """Create the pair's vGPU on ``host`` (same UUID on both sides, as libvirt expects)."""
         if pair.vgpu is None:
             return None
+        self.flush_pending(host)  # a discarded machine's mdev there may have this very UUID
         manager = self.mdevs(host, pair)
         instance = manager.create(pair.vgpu.type, parent=pair.vgpu.parent, uuid=uuid, owner=self.run_id)
         return VgpuAllocation(
@@ -320,17 +326,57 @@ class Testbed:
         """Stop a machine, remove its files and its mdev. Idempotent.
 
         Every step runs even when an earlier one fails (a QEMU that would not stop must not leave
-        its mdev behind as well); the first failure is raised at the end.
+        its mdev behind as well); the first failure is raised at the end. On a host that cannot
+        be reached the release is recorded as pending instead (:meth:`pending`), never waited
+        for: it is done once the host answers again.
         """
         vgpu = self.vgpus.pop(machine.tag, None)
         self._qemu_args.pop(machine.tag, None)
-        with contextlib.ExitStack() as steps:  # run last-registered first: stop, files, mdev
-            if machine in self._machines:
-                steps.callback(self._machines.remove, machine)
-            if vgpu is not None:
-                steps.callback(self.release_vgpu, vgpu)
-            steps.callback(self._remove_files_quietly, machine)
-            machine.shutdown()
+        if machine in self._machines:
+            self._machines.remove(machine)
+        self._release(machine, vgpu)
+
+    def _release(self, machine: RemoteMachine, vgpu: VgpuAllocation | None) -> None:
+        host = machine.remote.name
+        if machine.remote.unreachable is not None:
+            self._defer(host, machine, vgpu)
+            return
+        try:
+            with contextlib.ExitStack() as steps:  # run last-registered first: stop, files, mdev
+                if vgpu is not None:
+                    steps.callback(self.release_vgpu, vgpu)
+                steps.callback(self._remove_files_quietly, machine)
+                machine.shutdown()
+        except MdevtestError:
+            if machine.remote.unreachable is None:
+                raise
+            self._defer(host, machine, vgpu)
+
+    def _defer(self, host: str, machine: RemoteMachine, vgpu: VgpuAllocation | None) -> None:
+        with self._lock:
+            entries = self._pending.setdefault(host, [])
+            if all(m is not machine for m, _ in entries):
+                entries.append((machine, vgpu))
+
+    def pending(self) -> dict[str, list[str]]:
+        """Releases waiting for their host to answer again, by host (for reports)."""
+        with self._lock:
+            return {
+                host: [m.label + (f" + mdev {v.instance.uuid}" if v else "") for m, v in entries]
+                for host, entries in self._pending.items()
+                if entries
+            }
+
+    def flush_pending(self, host: str) -> list[str]:
+        """Release what waits for ``host``, if it answers now; returns what was released."""
+        with self._lock:
+            entries = self._pending.pop(host, [])
+        done: list[str] = []
+        for machine, vgpu in entries:
+            self._release(machine, vgpu)
+            if all(m is not machine for m, _ in self._pending.get(host, [])):
+                done.append(f"{machine.label} (released late: its host was unreachable)")
+        return done
 
     @staticmethod
     def _remove_files_quietly(machine: RemoteMachine) -> None:
@@ -476,6 +522,11 @@ class Testbed:
         return f"tcp:{address}:{pair.migration_port}"
 
     def close(self) -> None:
+        """Last chance for pending releases (a host still dead keeps them for a later run's
+        reaper), then every connection goes."""
+        for host in list(self._pending):
+            with contextlib.suppress(MdevtestError):
+                self.flush_pending(host)
         self.pool.close()
 
     def __enter__(self) -> Testbed:

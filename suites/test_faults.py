@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mdevtest.errors import MdevError, MigrationError, MigrationTimedOut, classify
+from mdevtest.errors import MdevError, MdevtestError, MigrationError, MigrationTimedOut, classify
 from mdevtest.guest import Guest
 from mdevtest.inventory import HostPair
 from mdevtest.lab import faults
@@ -231,6 +231,69 @@ def test_destination_qemu_frozen(
         assert_still_on_source(guest, source),
         assert_no_destination_left(lab, pair, _last_outcome(request)),
     )
+
+
+def test_destination_host_dies_during_precopy(
+    request: pytest.FixtureRequest,
+    lab: Testbed,
+    local_lab: LocalLab,
+    pair: HostPair,
+    guest: Guest,
+    migrate: Migrate,
+) -> None:
+    """The destination host dies mid pre-copy (links down, every process killed): the test
+    fails within 120 s as infrastructure, the guest runs on, and once the host is back (lab up)
+    the discarded destination is cleaned up and the pair migrates again (no EEXIST)."""
+    source = guest.machine
+    started = time.monotonic()
+    try:
+        hook = _once(lambda: faults.kill_host(local_lab, pair.destination), _moving)
+        with pytest.raises(MdevtestError) as info:
+            migrate(guest, policy=SLOW, on_point=hook)
+        took = time.monotonic() - started
+        assert took < 120, f"a dead destination host held migrate() for {took:.0f} s"
+        assert classify(info.value) == "infrastructure", str(info.value)
+        outcome = _last_outcome(request)
+        assert outcome is not None
+        assert outcome.failure_class == "infrastructure"
+        assert outcome.result is not None, "the timeline of the failed migration was lost"
+        assert lab.pending().get(pair.destination), "the dead host's cleanup was not recorded"
+        where = assert_still_on_source(guest, source)
+    finally:
+        local_lab.up(build_image=False)  # the host comes back: links, sshd
+    # the next migration on the pair first does the pending cleanup, then works
+    outcome = migrate(guest)
+    assert outcome.result is not None
+    assert outcome.result.completed
+    assert not lab.pending(), lab.pending()
+    outcome.raise_for_checks()
+    _row(
+        "destination host died (links down, all processes killed)",
+        "pre-copy",
+        info.value,
+        f"{where}; {took:.0f} s to fail; migrated again after lab up",
+        "none (released when the host came back)",
+    )
+
+
+def test_source_qemu_killed(
+    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair, guest: Guest, migrate: Migrate
+) -> None:
+    """The source QEMU dies mid-migration: whatever the error, it has a failure class and the
+    destination (QEMU and mdev) is gone when migrate() returns."""
+    source = guest.machine
+
+    def kill_source() -> None:
+        assert source.pid is not None
+        source.remote.check(["kill", "-9", str(source.pid)])
+
+    with pytest.raises(MdevtestError) as info:
+        migrate(guest, policy=SLOW, on_point=_once(kill_source, _moving))
+    outcome = _last_outcome(request)
+    assert outcome is not None
+    assert outcome.failure_class in ("infrastructure", "product"), outcome.error
+    leaks = assert_no_destination_left(lab, pair, outcome)
+    _row("source QEMU killed (SIGKILL)", "pre-copy", info.value, "gone (its QEMU was killed)", leaks)
 
 
 def test_source_sshd_restarted_mid_test(

@@ -4,6 +4,8 @@ manager that undoes itself, so a failing test never leaves the lab broken for th
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 from collections.abc import Iterator
 
 from mdevtest.errors import LabError
@@ -61,6 +63,23 @@ def throttled(lab: LocalLab, host: str, rate: str = "2mbit") -> Iterator[None]:
         yield
     finally:
         sh(["tc", "qdisc", "del", "dev", dev, "root"], check=False)
+
+
+def kill_host(lab: LocalLab, host: str) -> int:
+    """``host`` dies: both its links go down (nothing answers, not even a TCP reset) and every
+    process in its namespace is killed (SIGKILL: sshd, QEMU, socat). Returns how many.
+
+    ``lab.up()`` brings it back (it repairs the links and starts sshd again); the simulated
+    vGPU's sysfs lives outside the namespace, so mdevs created there survive, as on a host
+    whose processes died."""
+    h = _host(lab, host)
+    for dev in (h.mgmt_link, h.mig_link):
+        sh(["ip", "link", "set", dev, "down"], check=False)
+    victims = set(netns_pids(h.netns))
+    for pid in victims:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return len(victims)
 
 
 def restart_sshd(lab: LocalLab, host: str) -> int:

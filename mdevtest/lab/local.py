@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -225,9 +226,7 @@ class LocalLab:
         with self._locked():
             was_up = self.status().up
             if was_up:
-                progress("local lab is already up")
-                for undone in self.clear_faults():
-                    progress(f"undid a fault a killed run left: {undone}")
+                progress("local lab is already up; checking it")
             else:
                 progress("bringing the local lab up")
                 self._check_address_conflicts()
@@ -240,6 +239,8 @@ class LocalLab:
                     self._start_sshd(host, restart=remounted)
                 self._write_known_hosts()
                 self._wait_ssh()
+            for repaired in self.repair():
+                progress(f"repaired: {repaired}")
         image = self.inventory.guest.image
         if build_image and isinstance(image, LabImage):
             from mdevtest.lab.images import lab_image
@@ -249,25 +250,32 @@ class LocalLab:
                 kind.build(image, progress)
         return not was_up
 
-    def clear_faults(self) -> list[str]:
-        """Undo what fault injection (:mod:`mdevtest.lab.faults`) may have left when its run was
-        killed before its own cleanup: migration links down, tc qdiscs on them. Returns what it
-        undid."""
-        undone: list[str] = []
+    def repair(self) -> list[str]:
+        """Check what the lab set up, inside and outside the namespaces, and put back what is
+        off: bridges and links up, veths on their bridge, MTU 1500, addresses, no tc qdisc left
+        by fault injection (or anything else), sshd running. Returns what it repaired; the lab
+        must exist (``up`` makes it first)."""
+        repaired: list[str] = []
+        for bridge in (MGMT_BRIDGE, MIG_BRIDGE):
+            repaired += _repair_link(None, bridge, up=True, mtu=None, master=None, address=None)
         for h in self.hosts:
-            dev = h.mig_link
-            shown = sh(["ip", "-o", "link", "show", "dev", dev], check=False)
-            if not shown:
-                continue
-            flags = shown.partition("<")[2].partition(">")[0].split(",")
-            if "UP" not in flags:
-                sh(["ip", "link", "set", dev, "up"], check=False)
-                undone.append(f"{h.name}: migration link {dev} set up")
-            qdisc = sh(["tc", "qdisc", "show", "dev", dev, "root"], check=False)
-            if any(kind in qdisc for kind in ("tbf", "netem")):
-                sh(["tc", "qdisc", "del", "dev", dev, "root"], check=False)
-                undone.append(f"{h.name}: {qdisc.split()[1]} qdisc removed from {dev}")
-        return undone
+            wiring = [(h.mgmt_link, "mgmt0", MGMT_BRIDGE, h.mgmt_address)]
+            if h.mig_address is not None:
+                wiring.append((h.mig_link, "mig0", MIG_BRIDGE, h.mig_address))
+            found = [f"{h.name}: {r}" for r in _repair_link(h.netns, "lo", up=True)]
+            for outer, inner, bridge, addr in wiring:
+                found += [f"{h.name}: {r}" for r in _repair_link(None, outer, master=bridge)]
+                found += [
+                    f"{h.name}: {r}"
+                    for r in _repair_link(h.netns, inner, address=f"{addr}/{_PREFIXLEN}")
+                ]
+            if pid_if_ours(h.sshd_pidfile, str(h.sshd_config)) is None:
+                self._start_sshd(h)
+                found.append(f"{h.name}: sshd was not running: started")
+            repaired += found
+        if repaired:
+            self._wait_ssh()
+        return repaired
 
     def _check_address_conflicts(self) -> None:
         """Refuse to shadow a network the machine already uses (its uplink, say)."""
@@ -442,6 +450,60 @@ class LocalLab:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+#: The MTU the lab's links have (veth and bridge default).
+LAB_MTU = 1500
+
+
+def _repair_link(
+    netns: str | None,
+    dev: str,
+    *,
+    up: bool = True,
+    mtu: int | None = LAB_MTU,
+    master: str | None = None,
+    address: str | None = None,
+) -> list[str]:
+    """Put one link back as the lab made it; what was off, in words (nothing: it was fine)."""
+    ip = ["ip", "-n", netns] if netns else ["ip"]
+    where = f"{dev}" + (f" (in {netns})" if netns else "")
+    shown = sh([*ip, "-j", "link", "show", "dev", dev], check=False)
+    try:
+        link = json.loads(shown)[0] if shown.strip() else None
+    except (ValueError, IndexError):
+        link = None
+    if not isinstance(link, dict):
+        return [f"{where} is missing: run `mdevtest lab down` and `lab up` to rebuild the lab"]
+    fixed: list[str] = []
+    if master is not None and link.get("master") != master:
+        sh([*ip, "link", "set", dev, "master", master])
+        fixed.append(f"{where} was not on {master}: attached")
+    if mtu is not None and link.get("mtu") != mtu:
+        sh([*ip, "link", "set", dev, "mtu", str(mtu)])
+        fixed.append(f"{where} had MTU {link.get('mtu')}: set to {mtu}")
+    if up and "UP" not in link.get("flags", []):
+        sh([*ip, "link", "set", dev, "up"])
+        fixed.append(f"{where} was down: set up")
+    if address is not None:
+        have = sh([*ip, "-j", "addr", "show", "dev", dev], check=False)
+        want_ip, _, want_len = address.partition("/")
+        present = any(
+            a.get("local") == want_ip and str(a.get("prefixlen")) == want_len
+            for entry in (json.loads(have) if have.strip() else [])
+            for a in entry.get("addr_info", [])
+        )
+        if not present:
+            sh([*ip, "addr", "replace", address, "dev", dev])
+            fixed.append(f"{where} had lost {address}: added")
+    tc = ["tc", "-n", netns] if netns else ["tc"]
+    qdisc = sh([*tc, "-j", "qdisc", "show", "dev", dev, "root"], check=False)
+    with contextlib.suppress(ValueError):
+        for q in json.loads(qdisc) if qdisc.strip() else []:
+            if q.get("root") and q.get("kind") in ("tbf", "netem", "htb", "prio", "red"):
+                sh([*tc, "qdisc", "del", "dev", dev, "root"], check=False)
+                fixed.append(f"{where} had a {q.get('kind')} qdisc: removed")
+    return fixed
 
 
 def _list_netns() -> list[str]:

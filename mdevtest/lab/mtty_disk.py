@@ -51,6 +51,10 @@ BUILDER_VERSION = "1"
 #: Modules the guest loads (with their dependencies, in order) for the probe agent.
 GUEST_MODULES: tuple[str, ...] = ("virtio_blk", "bochs")
 
+#: Added to the L2 guest's kernel command line: the probe maps the display's BAR for the
+#: device-memory check (the kernel refuses /dev/mem on a BAR a driver claimed without it).
+APPEND_EXTRA = "iomem=relaxed"
+
 _QGA = "/usr/sbin/qemu-ga"
 _SYSTEMD_BOOT = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 _ESP_MIB = 64
@@ -130,6 +134,7 @@ class _Builder(CachedBuilder):
             "guest_digest": images.guest.digest,
             "modules": list(GUEST_MODULES),
             "esp_mib": _ESP_MIB,
+            "append_extra": APPEND_EXTRA,
         }
         digest = digest_of(description)
         disk = _load(self.cache / digest, digest)
@@ -173,7 +178,7 @@ class _Builder(CachedBuilder):
                     loader=loader,
                     kernel=guest.kernel,
                     initrd=initrd,
-                    append=guest.append,
+                    append=f"{guest.append} {APPEND_EXTRA}",
                     title="mdevtest nested mtty guest",
                     size_mib=_ESP_MIB,
                 )

@@ -410,7 +410,7 @@ def migrate(
     from mdevtest.checks.base import CheckContext, run_before
     from mdevtest.checks.standard import standard_checks
     from mdevtest.diagnose import diagnose, pin
-    from mdevtest.errors import MdevError, MigrationError, classify
+    from mdevtest.errors import MdevError, MigrationTimedOut, classify
     from mdevtest.migration import Migrator
     from mdevtest.report.allure_meta import describe_coverage, history_safe_parameter
     from mdevtest.report.allure_steps import step
@@ -466,22 +466,28 @@ def migrate(
             ctx.migrate_started = time.monotonic()
             try:
                 lab.verify_vgpus(source, destination)
-            except MdevError as exc:
-                outcome.error = f"[{classify(exc)}] {exc}"
-                outcome.failure_class = classify(exc)
-                ctx.migrate_finished = time.monotonic()
-                _discard_destination(lab, outcome)
-                outcome.show_headline(progress)
-                raise
-            try:
                 outcome.result = migrator.run(cancel_when=cancel_when, on_point=on_point)
-            except MigrationError as exc:
-                pin(exc, diagnose(route, lab.remote(route.source), destination))
-                outcome.failure_class = classify(exc)
-                outcome.error = str(exc)
+            except BaseException as exc:
+                # One path for every way a migration can go wrong (QMP, SSH, a machine, a
+                # timeout, Ctrl-C): a diagnosis and a failure class where one applies, the
+                # timeline kept, the destination (QEMU and mdev) gone before this returns.
+                ctx.migrate_finished = time.monotonic()
+                if isinstance(exc, MdevtestError):
+                    if not isinstance(exc, MdevError):  # the vGPUs did not check out: no run
+                        timed_out = isinstance(exc, MigrationTimedOut)
+                        with contextlib.suppress(MdevtestError):
+                            found = diagnose(
+                                route, lab.remote(route.source), destination, cancelled=timed_out
+                            )
+                            pin(exc, found)
+                    outcome.failure_class = classify(exc)
+                    text = str(exc)
+                    prefix = f"[{outcome.failure_class}]"
+                    outcome.error = text if text.startswith(prefix) else f"{prefix} {text}"
+                else:
+                    outcome.error = f"{type(exc).__name__}: {exc}"
                 with contextlib.suppress(MdevtestError):
                     outcome.result = migrator.result
-                ctx.migrate_finished = time.monotonic()
                 _discard_destination(lab, outcome)
                 outcome.show_headline(progress)
                 raise
@@ -570,8 +576,12 @@ def _discard_destination(lab: Testbed, outcome: MigrationOutcome) -> None:
     with contextlib.suppress(MdevtestError):
         attach_text(f"console {dst.label} (discarded)", dst.serial_log())
         attach_text(f"qemu log {dst.label} (discarded)", dst.log_tail(200))
-    dst.shutdown()
-    lab.release_vgpu_of(dst)
+    lab.release(dst)  # on an unreachable host: pending, done once it answers again
+    waiting = lab.pending().get(outcome.pair.destination)
+    if waiting:
+        note = f"destination cleanup pending on {outcome.pair.destination}: {', '.join(waiting)}"
+        outcome.error = f"{outcome.error}; {note}" if outcome.error else note
+        attach_text("cleanup pending", note)
 
 
 def _image_workload(lab: Testbed) -> str | None:

@@ -54,16 +54,46 @@ def test_up_twice_status_down_up_again(lab: Testbed) -> None:
 
 
 def test_up_undoes_faults_a_killed_run_left(lab: Testbed) -> None:
-    """A fault run killed by SIGTERM never ran its cleanup: the next `lab up` undoes it."""
+    """A fault run killed by SIGTERM never ran its cleanup, and someone fiddled inside the
+    namespaces: the next `lab up` checks the lab's own state and repairs it, saying what."""
+    from mdevtest.lab import faults
+    from mdevtest.lab.common import sh
+
+    local = LocalLab(lab.inventory)
+    a, b = local.hosts[:2]
+    faults.set_link(local, a.name, False)
+    throttle = faults.throttled(local, b.name)
+    throttle.__enter__()  # entered, never exited: as if the run had been killed
+    sh(["ip", "-n", b.netns, "link", "set", "mig0", "mtu", "1280"])
+    sh(["ip", "-n", a.netns, "link", "set", "mig0", "down"])
+    assert b.mig_address is not None
+    sh(["ip", "-n", b.netns, "addr", "del", f"{b.mig_address}/24", "dev", "mig0"])
+    said: list[str] = []
+    local.up(said.append, build_image=False)
+    text = "\n".join(said)
+    assert "local lab is already up; checking it" in text
+    assert f"repaired: {a.name}: {a.mig_link} was down: set up" in text
+    assert f"repaired: {b.name}: {b.mig_link} had a tbf qdisc: removed" in text
+    assert f"repaired: {b.name}: mig0 (in {b.netns}) had MTU 1280: set to 1500" in text
+    assert f"repaired: {a.name}: mig0 (in {a.netns}) was down: set up" in text
+    assert f"repaired: {b.name}: mig0 (in {b.netns}) had lost {b.mig_address}/24: added" in text
+    assert local.repair() == []  # nothing left to repair
+    # the repaired migration network carries traffic again, both ways
+    for h, peer in ((a, b), (b, a)):
+        sh(["ip", "netns", "exec", h.netns, "ping", "-c", "1", "-W", "2", str(peer.mig_address)])
+
+
+def test_up_brings_a_killed_host_back(lab: Testbed) -> None:
+    """A host whose links went down and whose processes all died: sshd again, links up."""
     from mdevtest.lab import faults
 
     local = LocalLab(lab.inventory)
-    host_a, host_b = (h.name for h in local.hosts[:2])
-    faults.set_link(local, host_a, False)
-    throttle = faults.throttled(local, host_b)
-    throttle.__enter__()  # entered, never exited: as if the run had been killed
-    undone: list[str] = []
-    local.up(undone.append, build_image=False)
-    assert f"undid a fault a killed run left: {host_a}: migration link " in "\n".join(undone)
-    assert any(f"{host_b}: tbf qdisc removed" in line for line in undone), undone
-    assert local.clear_faults() == []  # nothing left to undo
+    host = local.hosts[1]
+    assert faults.kill_host(local, host.name) >= 1  # at least its sshd
+    assert not local.status().up
+    said: list[str] = []
+    local.up(said.append, build_image=False)
+    assert local.status().up, said
+    assert "bringing the local lab up" in said, said
+    lab.pool.close()  # our connections to it died with it
+    assert lab.remote(host.name).check(["true"], timeout=30).rc == 0

@@ -1,0 +1,109 @@
+"""Who looks first at a failed migration: the diagnosis, against fake machines and hosts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from mdevtest.diagnose import diagnose, load_error, pin
+from mdevtest.errors import ConnectFailed, MigrationFailed, MigrationTimedOut, QmpTimedOut, classify
+from mdevtest.inventory import HostPair
+from mdevtest.qemu.machine import RemoteMachine
+from mdevtest.remote import CommandResult, Remote
+
+ROUTE = HostPair(source="host-a", destination="host-b", migration_address="198.18.0.12")
+
+# What QEMU 10.0's destination printed when mtty refused a mismatched state (nested lab,
+# tests/lab/test_nested.py::test_port_count_mismatch_is_refused).
+REFUSED = """\
+qemu-system-x86_64: vfio: Cannot reset device 6105..., no available reset mechanism.
+qemu-system-x86_64: error while loading state section id 2(0000:00:03.0/vfio)
+qemu-system-x86_64: load of migration failed: Bad address
+"""
+
+
+@dataclass
+class FakeQmp:
+    answers: bool = True
+
+    def execute(self, cmd: str, args: Any = None, *, timeout: float = 0) -> Any:
+        if not self.answers:
+            raise QmpTimedOut("host-b/in1", cmd, "no answer")
+        return {"status": "inmigrate"}
+
+
+@dataclass
+class FakeMachine:
+    alive: bool | None  # None: its host is unreachable
+    log: str = ""
+    qmp: FakeQmp = field(default_factory=FakeQmp)
+    label: str = "host-b/in1"
+
+    def is_alive(self) -> bool:
+        if self.alive is None:
+            raise ConnectFailed("host-b", "cannot reach root@198.18.0.2:22 within 10 s")
+        return self.alive
+
+    def log_tail(self, lines: int = 20) -> str:
+        return self.log
+
+
+@dataclass
+class FakeRemote:
+    ping_rc: int = 0
+    reachable: bool = True
+
+    def run(self, argv: list[str], *, timeout: float = 0) -> CommandResult:
+        if not self.reachable:
+            raise ConnectFailed("host-a", "cannot reach")
+        return CommandResult("host-a", " ".join(argv), self.ping_rc, "", "", 0.1)
+
+
+def run(machine: FakeMachine, remote: FakeRemote | None = None, **kw: Any) -> Any:
+    return diagnose(ROUTE, cast(Remote, remote or FakeRemote()), cast(RemoteMachine, machine), **kw)
+
+
+def test_a_refused_device_state_is_the_products_with_qemus_words() -> None:
+    found = run(FakeMachine(alive=False, log=REFUSED))
+    assert found.failure_class == "product"
+    assert "error while loading state section id 2(0000:00:03.0/vfio)" in found.text()
+    assert "load of migration failed: Bad address" in found.text()
+    assert load_error("qemu-system-x86_64: terminating on signal 15") is None
+
+
+def test_a_refused_state_stays_the_products_even_when_the_link_is_down_too() -> None:
+    assert run(FakeMachine(alive=False, log=REFUSED), FakeRemote(ping_rc=1)).failure_class == ("product")
+
+
+def test_a_destination_that_vanished_without_a_word_is_infrastructure() -> None:
+    found = run(FakeMachine(alive=False, log="qemu-system-x86_64: -incoming defer\n"))
+    assert found.failure_class == "infrastructure"
+    assert "is gone" in found.text()
+
+
+def test_after_a_cancel_for_non_convergence_the_ended_destination_is_expected() -> None:
+    """The cancel ends the destination: no infrastructure finding; the product did not converge."""
+    found = run(FakeMachine(alive=False), cancelled=True)
+    assert found.failure_class == "product"
+    assert "ended with the cancel (expected)" in found.text()
+
+
+def test_unreachable_hosts_are_infrastructure_and_never_raise() -> None:
+    found = run(FakeMachine(alive=None), FakeRemote(reachable=False))
+    assert found.failure_class == "infrastructure"
+    assert "host-b unreachable over SSH" in found.text()
+    assert "host-a cannot reach the migration address" in found.text()
+
+
+def test_a_hung_destination_is_infrastructure() -> None:
+    found = run(FakeMachine(alive=True, qmp=FakeQmp(answers=False)))
+    assert found.failure_class == "infrastructure"
+    assert "does not answer QMP" in found.text()
+
+
+def test_pin_puts_the_class_on_any_error_and_in_its_message() -> None:
+    for exc in (MigrationFailed("status failed"), MigrationTimedOut("not completed"),
+                QmpTimedOut("host-a/vm1", "query-migrate", "no reply")):  # fmt: skip
+        pin(exc, run(FakeMachine(alive=False, log=REFUSED)))
+        assert classify(exc) == "product"
+        assert str(exc).startswith("[product] ")
