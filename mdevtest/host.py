@@ -139,13 +139,15 @@ def probe_accel(remote: Remote) -> tuple[Accel, str]:
 
 
 _HELP_MARK = "=====mdevtest-device-help====="
+_MACHINE_MARK = "=====mdevtest-machine-help====="
 
 
 def probe_qemu_caps(remote: Remote, *, timeout: float = 200.0) -> QemuCaps:
     """What this host's QEMU supports, from its own answers (one SSH round trip).
 
     ``query-version`` and ``query-qmp-schema`` from a QEMU started with ``-machine none`` and QMP on
-    stdio, and the ``vfio-pci`` property list from ``-device vfio-pci,help``.
+    stdio, the ``vfio-pci`` property list from ``-device vfio-pci,help`` and the machine types
+    from ``-machine help``.
 
     QEMU's replies go to a file on the host, and ``quit`` is sent only once all three replies are
     complete lines there: QEMU does not flush a reply still queued for a slow reader before it exits,
@@ -176,10 +178,13 @@ wait $q
 cat "$d/out" "$d/err"
 echo {_HELP_MARK}
 timeout 30 {qemu} -device vfio-pci,help 2>&1
+echo {_MACHINE_MARK}
+timeout 30 {qemu} -machine help 2>&1
 true
 """
     out = remote.check_shell(script, timeout=timeout).stdout
-    qmp_text, _, help_text = out.partition(_HELP_MARK)
+    qmp_text, _, rest = out.partition(_HELP_MARK)
+    help_text, _, machine_text = rest.partition(_MACHINE_MARK)
     replies: list[Any] = []
     for raw in qmp_text.splitlines():
         line = raw.strip()
@@ -196,7 +201,7 @@ true
         raise RemoteError(
             remote.name, f"cannot probe {remote.host.qemu_binary} over QMP: {qmp_text[-400:]!r}"
         )
-    return QemuCaps.from_probe(version, help_text, schema)
+    return QemuCaps.from_probe(version, help_text, schema, machine_text)
 
 
 def probe_host(remote: Remote) -> HostFacts:

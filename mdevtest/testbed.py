@@ -239,6 +239,7 @@ class Testbed:
         vgpu: VgpuAllocation | None = None,
         extra_append: str = "",
         qemu_args: tuple[str, ...] = (),
+        machine: str = "q35",
     ) -> MachineSpec:
         """The guest's machine on ``host``: the vGPU's device options, then ``qemu_args`` (a test's
         own, e.g. a device under test; the destination gets the source's)."""
@@ -261,6 +262,7 @@ class Testbed:
             initrd=files.initrd,
             append=append if files.kernel is not None else "",
             accel=self.facts(host).accel,
+            machine=machine,
             extra_args=extra + qemu_args,
             control=_CONTROL[image.probe],
             pattern_disk=self.pattern_disk_on(host),
@@ -270,6 +272,15 @@ class Testbed:
             ovmf_vars=remote_host.ovmf_vars,
             agent=image.agent,
             cloud_init=files.cloud_init,
+        )
+
+    def machine_type(self, pair: HostPair) -> str:
+        """The machine type guests of ``pair`` run: the newest versioned q35 both hosts' QEMUs
+        have (the older one's newest), so the guest can migrate both ways."""
+        from mdevtest.qemu.caps import common_machine_type
+
+        return common_machine_type(
+            self.facts(pair.source).qemu_caps, self.facts(pair.destination).qemu_caps
         )
 
     def allocate_vgpu(
@@ -412,7 +423,12 @@ class Testbed:
             )
         vgpu = self.allocate_vgpu(pair, pair.source)
         machine = self._machine(
-            pair.source, vgpu, name=self.next_name("vm"), extra_append=extra_append, qemu_args=qemu_args
+            pair.source,
+            vgpu,
+            name=self.next_name("vm"),
+            extra_append=extra_append,
+            qemu_args=qemu_args,
+            machine_type=self.machine_type(pair),
         )
         try:
             machine.start()
@@ -456,11 +472,17 @@ class Testbed:
         incoming: bool = False,
         extra_append: str = "",
         qemu_args: tuple[str, ...] = (),
+        machine_type: str = "q35",
     ) -> RemoteMachine:
         """A machine object owning ``vgpu`` (released with it); the mdev goes if this fails."""
         try:
             spec = self.machine_spec(
-                host, name=name, vgpu=vgpu, extra_append=extra_append, qemu_args=qemu_args
+                host,
+                name=name,
+                vgpu=vgpu,
+                extra_append=extra_append,
+                qemu_args=qemu_args,
+                machine=machine_type,
             )
             if incoming:
                 spec = spec.as_destination()
@@ -494,6 +516,7 @@ class Testbed:
             name=self.next_name("in"),
             incoming=True,
             qemu_args=self._qemu_args.get(source.tag, ()),
+            machine_type=source.spec.machine,  # the guest's machine type never changes
         )
         # The same kernel command line as the source (the guest's workload options live there).
         machine.spec = replace(machine.spec, append=source.spec.append)

@@ -63,6 +63,14 @@ class QemuCaps:
     vfio_properties: frozenset[str] = frozenset()
     migration_capabilities: frozenset[str] = frozenset()
     nohotplug_properties: frozenset[str] | None = None
+    machine_types: frozenset[str] = frozenset()
+    """The machine types ``-machine help`` lists (aliases included); empty: not probed."""
+
+    @property
+    def q35_versions(self) -> list[tuple[int, int]]:
+        """The versioned q35 machine types (``pc-q35-M.m``) it has, newest first."""
+        found = (_Q35.fullmatch(name) for name in self.machine_types)
+        return sorted(((int(m[1]), int(m[2])) for m in found if m), reverse=True)
 
     @property
     def version_text(self) -> str:
@@ -113,6 +121,7 @@ class QemuCaps:
         query_version_reply: Mapping[str, Any],
         device_help_text: str,
         qmp_schema: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+        machine_help_text: str = "",
     ) -> QemuCaps:
         """Parse the three probes' real outputs.
 
@@ -120,7 +129,8 @@ class QemuCaps:
         * ``device_help_text``: stdout of ``qemu-system-* -device vfio-pci,help``, optionally
           followed by ``-device vfio-pci-nohotplug,help`` (each section starts with QEMU's
           ``DRIVER options:`` line; text without such a line is vfio-pci's);
-        * ``qmp_schema``: the ``query-qmp-schema`` reply or its ``return`` list.
+        * ``qmp_schema``: the ``query-qmp-schema`` reply or its ``return`` list;
+        * ``machine_help_text``: stdout of ``qemu-system-* -machine help`` (optional).
         """
         version = _parse_version(query_version_reply)
         sections = split_device_help(device_help_text)
@@ -145,7 +155,41 @@ class QemuCaps:
             vfio_properties=frozenset(props),
             migration_capabilities=frozenset(capabilities),
             nohotplug_properties=None if nohotplug is None else frozenset(parse_device_help(nohotplug)),
+            machine_types=parse_machine_help(machine_help_text),
         )
+
+
+_Q35 = re.compile(r"pc-q35-(\d+)\.(\d+)")
+
+
+def parse_machine_help(text: str) -> frozenset[str]:
+    """Machine type names from ``-machine help`` (``name  description`` lines after the
+    ``Supported machines are:`` header; an alias line names the alias)."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if not line or line[0].isspace() or line.startswith("Supported machines"):
+            continue
+        name = line.split(None, 1)[0]
+        if re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", name):
+            names.add(name)
+    return frozenset(names)
+
+
+def common_machine_type(*caps: QemuCaps) -> str:
+    """The machine type every QEMU of a pair (or more) runs the same way: the newest versioned
+    q35 they all have, which is the older QEMU's newest (a guest started with an unversioned
+    ``q35`` on a newer QEMU cannot migrate to an older one). ``q35`` when any QEMU's types were
+    not probed or they share no versioned type."""
+    shared: set[tuple[int, int]] | None = None
+    for c in caps:
+        versions = set(c.q35_versions)
+        if not versions:
+            return "q35"
+        shared = versions if shared is None else shared & versions
+    if not shared:
+        return "q35"
+    major, minor = max(shared)
+    return f"pc-q35-{major}.{minor}"
 
 
 #: The VFIO PCI drivers a profile may put on ``-device``. ``vfio-pci-nohotplug`` is vfio-pci

@@ -44,6 +44,8 @@ class MachineSpec:
     initrd: str | None
     append: str
     accel: Accel = "tcg"
+    machine: str = "q35"
+    """The machine type: the pair's common versioned q35 (``mdevtest.qemu.caps.common_machine_type``)."""
     mac: str = "52:54:00:12:34:56"
     incoming: str | None = None  # "defer" for a migration destination
     extra_args: tuple[str, ...] = field(default_factory=tuple)
@@ -133,7 +135,7 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
     argv = [
         binary,
         "-name", tag,
-        "-machine", "q35",
+        "-machine", spec.machine,
         *accel,
         "-m", str(spec.memory_mib),
         "-smp", str(spec.vcpus),

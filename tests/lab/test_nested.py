@@ -6,6 +6,9 @@ cache or are built, cold about 2-3 min) and takes it down at the end if it broug
 - one round trip A->B->A through the unchanged ping-pong suite, in a pytest of its own, with
   every check (the mtty device state among them): both migrations complete, move VFIO device
   state (``vfio_transferred_bytes`` > 0) and record the dirty-tracking mode;
+- a UEFI disk guest with qemu-guest-agent (``inventory/nested-mtty-uefi.yaml``, the same lab):
+  the probe agent deployed through the agent, its RAM/DMA/device-memory/device-state checks
+  and mtty's pass across a migration;
 - the negative case on the real driver: the destination has an ``mtty-1`` (one port) where the
   source has an ``mtty-2``; the destination rejects the device state, the migration fails, and
   the guest keeps running on the source with its serial ports still looping bytes;
@@ -45,6 +48,7 @@ pytestmark = pytest.mark.nested
 
 REPO = Path(__file__).resolve().parents[2]
 INVENTORY = REPO / "inventory" / "nested-mtty.yaml"
+UEFI_INVENTORY = REPO / "inventory" / "nested-mtty-uefi.yaml"  # the same lab, a UEFI disk guest
 DATA = REPO / "tests" / "data"
 SUITE_TIMEOUT_S = 2400
 
@@ -117,6 +121,39 @@ def test_round_trip_through_the_suite(nested: Inventory, tmp_path: Path) -> None
     assert legs[0]["after"][-1]["rx"] > legs[0]["before"]["rx"]
     if len(legs) == 2:
         assert legs[1]["before"]["rx"] >= legs[0]["after"][-1]["rx"]
+
+
+def test_a_uefi_disk_guest_with_the_agent_migrates_with_every_probe_check(
+    nested: Inventory, tmp_path: Path
+) -> None:
+    """The real-guest path in the nested lab: the L2 guest boots from a UEFI disk (OVMF,
+    systemd-boot), is ready when qemu-guest-agent answers, gets the probe agent deployed through
+    the agent, and migrates with a real mtty mdev: the probe's checks and mtty's all pass."""
+    argv = [
+        sys.executable, "-m", "pytest", "suites/test_migration_basic.py", "-p", "no:cacheprovider",
+        "--inventory", str(UEFI_INVENTORY), "--mdevtest-pairs", "host-a->host-b",
+        "--mdevtest-report-dir", str(tmp_path), "-q",
+        "--mdevtest-require-checks", "ram-integrity,dma-integrity,device-state,mtty-device-state",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, check=False
+    )
+    migrations = json.loads((tmp_path / "summary.json").read_text())["migrations"]
+    assert len(migrations) == 1, proc.stdout[-4000:]
+    m = migrations[0]
+    checks = m["checks"]
+    known = m["known_issue"]
+    if known is not None:  # the stuck INTx of QEMU under TCG (see the round trip above)
+        assert known["id"] == "qemu-tcg-vfio-intx", known
+    else:
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert m["status"] == "completed"
+    assert m["vfio_transferred_bytes"] > 0
+    for name in ("ram-integrity", "dma-integrity", "device-state", "device-memory",
+                 "mtty-device-state", "downtime"):  # fmt: skip
+        assert checks[name]["status"] == "passed", (name, checks[name])
+    assert m["coverage"]["missing_required"] == []
+    assert "graphics" in m["coverage"]["skipped"]  # mtty has no display of its own
 
 
 def test_port_count_mismatch_is_refused(nested: Inventory) -> None:

@@ -232,3 +232,44 @@ def test_generic_keys_and_bare_options_pass() -> None:
     )
     with pytest.raises(ValueError, match="no probed properties for -device virtio-vga"):
         QemuCaps((7, 2, 0), None, False, False).device_properties("virtio-vga")
+
+
+# -- the machine type: versioned, the same on both hosts ---------------------------------------
+
+
+def test_machine_types_are_read_from_the_captured_help() -> None:
+    from mdevtest.qemu.caps import parse_machine_help
+
+    old = parse_machine_help((DATA / "qemu-7.2-machine-help.txt").read_text())
+    new = parse_machine_help((DATA / "qemu-10.0-machine-help.txt").read_text())
+    assert {"q35", "pc-q35-7.2", "pc-q35-2.4", "none"} <= old
+    assert "pc-q35-10.0" in new
+    assert "pc-q35-7.2" in new
+    assert "Supported" not in old
+
+
+def test_a_pair_runs_the_older_qemus_newest_versioned_q35() -> None:
+    from dataclasses import replace
+
+    from mdevtest.qemu.caps import common_machine_type, parse_machine_help
+
+    base = QemuCaps((7, 2, 0), "x-enable-migration", False, False)
+    old = replace(
+        base, machine_types=parse_machine_help((DATA / "qemu-7.2-machine-help.txt").read_text())
+    )
+    new = replace(
+        base, machine_types=parse_machine_help((DATA / "qemu-10.0-machine-help.txt").read_text())
+    )
+    assert common_machine_type(old, new) == common_machine_type(new, old) == "pc-q35-7.2"
+    assert common_machine_type(new, new) == "pc-q35-10.0"
+    assert common_machine_type(base, new) == "q35"  # not probed: QEMU's own default
+    assert common_machine_type(old, replace(base, machine_types=frozenset({"pc-q35-99.0"}))) == "q35"
+
+
+def test_the_command_line_carries_the_spec_machine_type() -> None:
+    from mdevtest.qemu.cmdline import MachinePaths, MachineSpec, build_argv
+
+    spec = MachineSpec(name="vm1", memory_mib=256, vcpus=1, kernel="k", initrd="i", append="",
+                       machine="pc-q35-7.2")  # fmt: skip
+    argv = build_argv("qemu-system-x86_64", spec, MachinePaths("/tmp/vm1"), "mdevtest-x-vm1")
+    assert argv[argv.index("-machine") + 1] == "pc-q35-7.2"
