@@ -87,11 +87,13 @@ def _mtty_uefi(_spec: LabImage, progress: Progress) -> BootImage:
         workload="mtty",
         ready_marker=None,
         # The mtty workload keeps the console heartbeat (one MDT-HB stream per console). Under
-        # TCG inside TCG one vCPU is saturated by the default rates and the nice-19 RAM writer
-        # starves (VERIFY-RAM: writer-not-responding after 100 s, seen 2026-12-04): a tenth of
-        # the load still exercises every ledger.
+        # TCG inside TCG the guest's one vCPU is saturated (the mtty loopback's and the console's
+        # UART interrupts): the nice-19 RAM writer and DMA reader never ran and VERIFY-RAM said
+        # writer-not-responding (seen 2026-12-04). Here they run at nice 0, at a tenth of the
+        # rates, which still exercises every ledger.
         probe_defaults={
             "hb_ms": "0",
+            "bg_nice": "0",
             "fps": "1",
             "udp_us": "20000",
             "dirty_pps": "256",

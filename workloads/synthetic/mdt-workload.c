@@ -71,6 +71,7 @@ struct config {
     long vram_kib;        /* device-memory pattern in KiB; 0 = off */
     long dma_slots;       /* 4 KiB slots the DMA reader fills from the disk; 0 = off */
     long dma_rps;         /* DMA reads per second; 0 = as fast as it can */
+    long bg_nice;         /* niceness of the RAM dirtier and the DMA reader (19: background) */
     char display[STR_OPT_LEN]; /* "auto" (drm, else fbdev), "drm" or "fbdev" */
     char drm[STR_OPT_LEN];     /* DRM device */
     char fb[STR_OPT_LEN];      /* framebuffer device */
@@ -90,6 +91,7 @@ static struct config cfg = {
     .vram_kib = 2048,
     .dma_slots = 256,
     .dma_rps = 1000,
+    .bg_nice = 19,
     .display = "auto",
     .drm = "/dev/dri/card0",
     .fb = "/dev/fb0",
@@ -116,6 +118,7 @@ static const struct option_def options[] = {
     {"vram_kib", &cfg.vram_kib, 0, 65536, NULL},
     {"dma_slots", &cfg.dma_slots, 0, 65536, NULL},
     {"dma_rps", &cfg.dma_rps, 0, 1000000, NULL},
+    {"bg_nice", &cfg.bg_nice, 0, 19, NULL},
     {"display", NULL, 0, 0, cfg.display},
     {"drm", NULL, 0, 0, cfg.drm},
     {"fb", NULL, 0, 0, cfg.fb},
@@ -1824,6 +1827,9 @@ static void ctl_run(void)
 /* ------------------------------------------------------------------------------------------ */
 /* Tasks                                                                                       */
 
+/* The niceness slot of the background tasks (RAM, DMA): cfg.bg_nice at run time. */
+#define BG_NICE 100
+
 struct task {
     const char *name;
     /* In this process, before MDT-READY: prepare, describe yourself for the READY line in
@@ -1842,8 +1848,8 @@ static struct task tasks[] = {
     {"vram", vram_setup, NULL, NULL, 0, 0},
     {"hb", hb_setup, hb_run, NULL, 0, 0},
     {"udp", udp_setup, udp_run, NULL, 0, 0},
-    {"ram", ram_setup, ram_run, NULL, 19, 0},
-    {"dma", dma_setup, dma_run, NULL, 19, 0},
+    {"ram", ram_setup, ram_run, NULL, BG_NICE, 0},
+    {"dma", dma_setup, dma_run, NULL, BG_NICE, 0},
     {"ctl", ctl_setup, ctl_run, NULL, -10, 0},
 };
 
@@ -2054,8 +2060,9 @@ int main(int argc, char **argv)
             continue;
         pid_t pid = fork();
         if (pid == 0) {
-            if (tasks[i].nice)
-                setpriority(PRIO_PROCESS, 0, tasks[i].nice);
+            int nice = tasks[i].nice == BG_NICE ? (int)cfg.bg_nice : tasks[i].nice;
+            if (nice)
+                setpriority(PRIO_PROCESS, 0, nice);
             tasks[i].run();
             _exit(0);
         }
