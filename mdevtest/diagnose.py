@@ -25,21 +25,26 @@ class Diagnosis:
         return "; ".join(self.findings) or "no infrastructure problem found"
 
 
-#: What QEMU's destination prints when the incoming device state is refused: the vendor driver's
+#: What QEMU's destination prints when a *device* refused its incoming state: the vendor driver's
 #: (or QEMU's device model's) verdict, so the product's. Seen on QEMU 10.0 with mtty:
 #: ``error while loading state section id 2(0000:00:03.0/vfio)`` then ``load of migration failed:
-#: Bad address``.
-_LOAD_ERROR = re.compile(
-    r"error while loading state|load of migration failed|vfio.*(?:error|failed).*(?:load|state)"
-    r"|Failed to load \S+:",
-    re.IGNORECASE,
+#: Bad address``; a post_load failure reads ``error while loading state for instance 0x0 of device
+#: '...'``. A stream cut short (a source that died, a link) fails in RAM or without a section:
+#: not matched, so not pinned on the product.
+_DEVICE_REFUSED = re.compile(
+    r"error while loading state section id \d+\((?!ram\))[^)]+\)"
+    r"|error while loading state for instance \S+ of device '[^']+'"
 )
+_LOAD_FAILED = re.compile(r"load of migration failed")
 
 
 def load_error(qemu_log: str) -> str | None:
-    """The destination log's lines saying it refused the incoming state (None: none)."""
-    lines = [ln.strip() for ln in qemu_log.splitlines() if _LOAD_ERROR.search(ln)]
-    return " / ".join(lines[-3:]) or None
+    """The destination log's lines saying a device refused the incoming state (None: none)."""
+    lines = qemu_log.splitlines()
+    if not any(_DEVICE_REFUSED.search(ln) for ln in lines):
+        return None
+    said = [ln.strip() for ln in lines if _DEVICE_REFUSED.search(ln) or _LOAD_FAILED.search(ln)]
+    return " / ".join(said[-3:])
 
 
 def diagnose(

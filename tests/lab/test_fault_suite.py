@@ -28,9 +28,9 @@ def test_fault_suite_passes_and_writes_the_reliability_table(
         "-v",
         timeout=2400,
     )
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=12)
     rows = json.loads((reports / "reliability.json").read_text())
-    assert len(rows) == 10
+    assert len(rows) == 12
     assert all(r["leaks"].startswith("none") for r in rows)
     assert {r["class"] for r in rows} >= {"infrastructure", "product"}
     # Keep the latest table beside the reports of this run's tests (docs/reliability.md quotes it).

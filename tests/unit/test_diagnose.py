@@ -69,6 +69,12 @@ def test_a_refused_device_state_is_the_products_with_qemus_words() -> None:
     assert "error while loading state section id 2(0000:00:03.0/vfio)" in found.text()
     assert "load of migration failed: Bad address" in found.text()
     assert load_error("qemu-system-x86_64: terminating on signal 15") is None
+    # a stream cut short (the source died): not the device's refusal
+    cut = "qemu-system-x86_64: load of migration failed: Input/output error\n"
+    assert load_error(cut) is None
+    assert load_error("error while loading state section id 2(ram)\n" + cut) is None
+    post_load = "error while loading state for instance 0x0 of device '0000:00:03.0/vfio'\n"
+    assert load_error(post_load) is not None
 
 
 def test_a_refused_state_stays_the_products_even_when_the_link_is_down_too() -> None:
