@@ -248,11 +248,13 @@ class Testbed:
         files = self.image_on(host)
         append = " ".join(x for x in (image.append, guest.extra_append, extra_append) if x)
         extra: tuple[str, ...] = ()
+        display: str | None = None
         if vgpu is not None:
             profile = get_profile(vgpu.vendor)
             facts = self.facts(host)
             tracking = facts.dirty_tracking.vfio_options if facts.dirty_tracking else ()
             extra = tuple(profile.qemu_device_args(vgpu.sysfs_path, facts.qemu_caps, extra=tracking))
+            display = profile.display_device(facts.qemu_caps)
         remote_host = self.remote(host).host
         return MachineSpec(
             name=name,
@@ -263,6 +265,7 @@ class Testbed:
             append=append if files.kernel is not None else "",
             accel=self.facts(host).accel,
             machine=machine,
+            display_device=display,
             extra_args=extra + qemu_args,
             control=_CONTROL[image.probe],
             pattern_disk=self.pattern_disk_on(host),

@@ -44,6 +44,9 @@ class MachineSpec:
     initrd: str | None
     append: str
     accel: Accel = "tcg"
+    display_device: str | None = None
+    """The id of the device whose console is the vGPU's display (``display=on``): then no
+    emulated VGA, and VNC shows that console. None: an emulated VGA (``-vga std``)."""
     machine: str = "q35"
     """The machine type: the pair's common versioned q35 (``mdevtest.qemu.caps.common_machine_type``)."""
     mac: str = "52:54:00:12:34:56"
@@ -152,11 +155,18 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
         if spec.initrd is not None:
             argv += ["-initrd", spec.initrd]
         argv += ["-append", spec.append]
+    if spec.display_device is None:
+        # No display of the vGPU's own (the local lab's stand-in, mtty): an emulated VGA.
+        video = ["-vga", "std"]
+        vnc = f"unix:{paths.vnc_sock}"
+    else:  # the vGPU's console is the display: VNC is bound to it, console 0 or not
+        video = ["-vga", "none"]
+        vnc = f"unix:{paths.vnc_sock},display={spec.display_device}"
+    has_display = "-display" in spec.extra_args  # e.g. egl-headless for a dma-buf display
     argv += [
-        # The stand-in for the vGPU's display in the local lab: an emulated VGA (screendump works).
-        "-vga", "std",
-        "-display", "none",
-        "-vnc", f"unix:{paths.vnc_sock}",  # the capture path for displays screendump cannot read
+        *video,
+        *([] if has_display else ["-display", "none"]),
+        "-vnc", vnc,  # the capture path for displays screendump cannot read
         "-chardev", f"socket,id=qmp0,path={paths.qmp},server=on,wait=off",
         "-mon", "chardev=qmp0,mode=control",
         "-chardev",

@@ -168,7 +168,10 @@ class RemoteMachine:
     def screendump_png(self, *, timeout: float = 30.0) -> bytes:
         """A PNG of the display, taken by QMP ``screendump`` on the host and fetched."""
         path = f"{self.paths.root}/screen-{time.monotonic_ns()}.png"
-        self.qmp.execute("screendump", {"filename": path, "format": "png"}, timeout=timeout)
+        args: dict[str, str] = {"filename": path, "format": "png"}
+        if self.spec.display_device is not None:  # the vGPU's console, not console 0
+            args["device"] = self.spec.display_device
+        self.qmp.execute("screendump", args, timeout=timeout)
         try:
             with self.remote._sftp(timeout) as sftp, sftp.open(path, "rb") as fh:
                 data: bytes = fh.read()

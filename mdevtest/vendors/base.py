@@ -201,6 +201,12 @@ class VendorProfile(ABC):
     def parse_type(self, mdev_type: MdevType) -> TypeInfo:
         """Typed view of a type's sysfs name/description; :class:`MdevError` if it is not ours."""
 
+    def display_device(self, qemu_caps: QemuCaps) -> str | None:
+        """The ``-device`` id whose console is the vGPU's own display, when it brings one
+        (``display=on``): the machine then has no emulated VGA, and VNC and ``screendump`` are
+        bound to that console. None: no display of its own (the emulated VGA stays)."""
+        return None
+
     @abstractmethod
     def qemu_device_args(
         self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()

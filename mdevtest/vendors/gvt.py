@@ -187,6 +187,9 @@ class GvtProfile(VendorProfile):
         qemu_caps.check_device_options(driver, options)
         return driver, options
 
+    def display_device(self, qemu_caps: QemuCaps) -> str | None:
+        return VGPU_DEVICE_ID if self.display else None
+
     def qemu_device_args(
         self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
     ) -> list[str]:

@@ -191,6 +191,9 @@ class NvidiaProfile(VendorProfile):
         qemu_caps.check_device_options(driver, options)
         return driver, options
 
+    def display_device(self, qemu_caps: QemuCaps) -> str | None:
+        return VGPU_DEVICE_ID if "display" in qemu_caps.vfio_properties else None
+
     def qemu_device_args(
         self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
     ) -> list[str]:

@@ -273,3 +273,39 @@ def test_the_command_line_carries_the_spec_machine_type() -> None:
                        machine="pc-q35-7.2")  # fmt: skip
     argv = build_argv("qemu-system-x86_64", spec, MachinePaths("/tmp/vm1"), "mdevtest-x-vm1")
     assert argv[argv.index("-machine") + 1] == "pc-q35-7.2"
+
+
+def test_a_vgpu_with_its_own_display_replaces_the_emulated_vga_and_gets_the_vnc() -> None:
+    from mdevtest.qemu.cmdline import MachinePaths, MachineSpec, build_argv
+
+    paths = MachinePaths("/tmp/vm1")
+    plain = MachineSpec(name="vm1", memory_mib=256, vcpus=1, kernel="k", initrd="i", append="")
+    argv = build_argv("qemu", plain, paths, "t")
+    assert argv[argv.index("-vga") + 1] == "std"
+    assert argv[argv.index("-vnc") + 1] == f"unix:{paths.vnc_sock}"
+    assert argv[argv.index("-display") + 1] == "none"
+
+    gvt = MachineSpec(name="vm1", memory_mib=256, vcpus=1, kernel="k", initrd="i", append="",
+                      display_device="vgpu0",
+                      extra_args=("-device", "vfio-pci-nohotplug,id=vgpu0,display=on",
+                                  "-display", "egl-headless"))  # fmt: skip
+    argv = build_argv("qemu", gvt, paths, "t")
+    assert argv[argv.index("-vga") + 1] == "none"
+    assert argv[argv.index("-vnc") + 1] == f"unix:{paths.vnc_sock},display=vgpu0"
+    assert argv.count("-display") == 1  # egl-headless only, no "-display none" beside it
+    assert argv[argv.index("-display") + 1] == "egl-headless"
+
+
+def test_which_profiles_bring_their_own_display() -> None:
+    from mdevtest.vendors import get_profile
+    from mdevtest.vendors.gvt import GvtProfile
+
+    caps = Captured("7.2").caps()
+    gvt_display = GvtProfile(display=True)
+    gvt_headless = GvtProfile(display=False)
+    assert gvt_display.display_device(caps) == "vgpu0"
+    assert gvt_headless.display_device(caps) is None
+    nvidia = get_profile("nvidia").display_device(caps)
+    assert nvidia == ("vgpu0" if "display" in caps.vfio_properties else None)
+    assert get_profile("mtty").display_device(caps) is None
+    assert get_profile("simulated").display_device(caps) is None
