@@ -470,6 +470,7 @@ class PciFunction:
     ids: str  # vendor:device, hex
     class_code: str
     cfg_crc: int
+    cfg: bytes | None = None  # the 64 bytes (probe protocol 2 sends them; older ones did not)
 
 
 @dataclass(frozen=True)
@@ -507,8 +508,17 @@ def parse_state(reply: str | GuestReply) -> GuestState:
     for fields in reply.detail_values():
         if "pci" in fields and "cfg_crc" in fields:
             bdf = fields["pci"]
+            raw = fields.get("cfg", "")
+            try:
+                cfg = bytes.fromhex(raw) if raw else None
+            except ValueError:
+                cfg = None
             pci[bdf] = PciFunction(
-                bdf, fields.get("id", "?"), fields.get("class", "?"), int(fields["cfg_crc"], 16)
+                bdf,
+                fields.get("id", "?"),
+                fields.get("class", "?"),
+                int(fields["cfg_crc"], 16),
+                cfg,
             )
         elif "irq" in fields and "count" in fields:
             name = fields.get("name", fields["irq"])
@@ -522,6 +532,33 @@ def parse_state(reply: str | GuestReply) -> GuestState:
         irqs=irqs,
         values=dict(reply.values),
     )
+
+
+#: The type-0 PCI header's registers in the first 64 bytes: offset -> (name, size).
+PCI_HEADER: Mapping[int, tuple[str, int]] = {
+    0x00: ("vendor", 2), 0x02: ("device", 2), 0x04: ("command", 2), 0x06: ("status", 2),
+    0x08: ("revision", 1), 0x09: ("class", 3), 0x0C: ("cache line", 1), 0x0D: ("latency", 1),
+    0x0E: ("header type", 1), 0x0F: ("BIST", 1), 0x10: ("BAR0", 4), 0x14: ("BAR1", 4),
+    0x18: ("BAR2", 4), 0x1C: ("BAR3", 4), 0x20: ("BAR4", 4), 0x24: ("BAR5", 4),
+    0x28: ("cardbus CIS", 4), 0x2C: ("subsystem vendor", 2), 0x2E: ("subsystem", 2),
+    0x30: ("expansion ROM", 4), 0x34: ("capabilities", 1), 0x35: ("reserved", 7),
+    0x3C: ("interrupt line", 1), 0x3D: ("interrupt pin", 1), 0x3E: ("min grant", 1),
+    0x3F: ("max latency", 1),
+}  # fmt: skip
+
+
+def config_changes(before: bytes | None, after: bytes | None) -> str:
+    """Which header registers differ, with both values (``BAR1 0x0000c001 -> 0x00000001``);
+    empty when either side has no bytes."""
+    if before is None or after is None or len(before) != len(after):
+        return ""
+    changed = []
+    for offset, (name, size) in PCI_HEADER.items():
+        a, b = before[offset : offset + size], after[offset : offset + size]
+        if a != b:
+            va, vb = int.from_bytes(a, "little"), int.from_bytes(b, "little")
+            changed.append(f"{name} 0x{va:0{2 * size}x} -> 0x{vb:0{2 * size}x}")
+    return ", ".join(changed)
 
 
 def compare_states(
@@ -548,8 +585,10 @@ def compare_states(
         elif a.ids != b.ids:
             problems.append(f"PCI {bdf} changed identity: {a.ids} -> {b.ids}")
         elif a.cfg_crc != b.cfg_crc:
+            where = config_changes(a.cfg, b.cfg)
             problems.append(
                 f"PCI {bdf} ({a.ids}) config space changed: crc 0x{a.cfg_crc:08x} -> 0x{b.cfg_crc:08x}"
+                + (f" ({where})" if where else "")
             )
     patterns = tuple(live_irqs)
     for key, irq in before.irqs.items():

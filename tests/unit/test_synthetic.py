@@ -544,3 +544,13 @@ def test_ready_skips_another_workloads_ready_line() -> None:
     assert ready is not None
     assert ready.fields["api"] == "drm"
     assert find_ready(mtty) is None
+
+
+def test_a_config_space_change_is_named_by_register() -> None:
+    from mdevtest.workloads.synthetic import config_changes
+
+    before = bytes(64)
+    after = bytearray(before)
+    after[0x14:0x18] = (0xC001).to_bytes(4, "little")
+    assert config_changes(before, bytes(after)) == "BAR1 0x00000000 -> 0x0000c001"
+    assert config_changes(None, bytes(after)) == ""

@@ -1501,7 +1501,8 @@ static int compare_names(const void *a, const void *b)
 }
 
 /* One DETAIL line per PCI function: crc32 of its first 64 config bytes with the Status
- * register's interrupt-status bit (it follows INTx) masked. Returns the number of functions. */
+ * register's interrupt-status bit (it follows INTx) masked, and those bytes in hex (so a
+ * change can be named by register). Returns the number of functions. */
 static int state_pci(void)
 {
     DIR *d = opendir("/sys/bus/pci/devices");
@@ -1526,9 +1527,12 @@ static int state_pci(void)
             detail("pci=%s error=unreadable", names[i]);
         } else {
             config[6] &= (uint8_t)~0x08u;
-            detail("pci=%s id=%02x%02x:%02x%02x class=%02x%02x%02x cfg_crc=0x%08x", names[i],
+            char hex[2 * sizeof config + 1];
+            for (size_t b = 0; b < sizeof config; b++)
+                snprintf(hex + 2 * b, 3, "%02x", config[b]);
+            detail("pci=%s id=%02x%02x:%02x%02x class=%02x%02x%02x cfg_crc=0x%08x cfg=%s", names[i],
                    config[1], config[0], config[3], config[2], config[11], config[10], config[9],
-                   crc32_ieee(config, sizeof config));
+                   crc32_ieee(config, sizeof config), hex);
         }
         free(names[i]);
     }
