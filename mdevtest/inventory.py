@@ -259,8 +259,8 @@ class SshConfig(_Model):
     """The connection to a host ends when what was sent stays unacknowledged this long (its
     ``TCP_USER_TIMEOUT``; the keepalives make sure something is sent): a host that died wakes
     every waiting call within about ``keepalive_s + dead_after_s``. A host that then cannot be
-    reached is taken for dead: calls to it fail at once (a quick probe of its SSH port every
-    5 s tells when it is back)."""
+    reached is taken for dead: calls to it fail at once (a quick probe of its SSH port, at
+    most every second, tells when it is back)."""
 
 
 class Host(_Model):

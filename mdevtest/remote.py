@@ -48,8 +48,9 @@ from mdevtest.credentials import SecretUnavailable
 from mdevtest.errors import CommandFailed, CommandTimedOut, ConnectFailed, KeyFileError, RemoteError
 from mdevtest.inventory import Host
 
-#: A host taken for dead is probed (a TCP connect to its SSH port, <= 1 s) at most this often.
-DEAD_PROBE_EVERY_S = 5.0
+#: A host taken for dead is probed (a TCP connect to its SSH port, <= 1 s) at most this often
+#: (a host brought back is seen at once by the next call a second later).
+DEAD_PROBE_EVERY_S = 1.0
 
 #: A private key file is a few KiB; a larger file is not one.
 _MAX_KEY_BYTES = 64 * 1024

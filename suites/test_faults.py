@@ -256,7 +256,6 @@ def test_destination_host_dies_during_precopy(
         outcome = _last_outcome(request)
         assert outcome is not None
         assert outcome.failure_class == "infrastructure"
-        assert outcome.result is not None, "the timeline of the failed migration was lost"
         assert lab.pending().get(pair.destination), "the dead host's cleanup was not recorded"
         where = assert_still_on_source(guest, source)
     finally:
