@@ -27,8 +27,9 @@ from mdevtest.inventory import HostPair
 from mdevtest.lab import faults
 from mdevtest.lab.local import LocalLab
 from mdevtest.migration import MigrationPolicy, TimelinePoint
+from mdevtest.migration_run import MigrationOutcome
 from mdevtest.plugin.asserts import assert_no_destination_left, assert_still_on_source
-from mdevtest.plugin.fixtures import MigrationOutcome, last_outcome
+from mdevtest.plugin.fixtures import last_outcome
 from mdevtest.plugin.lease import LeaseManager
 from mdevtest.testbed import Testbed
 

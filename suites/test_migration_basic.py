@@ -8,7 +8,7 @@ import allure
 
 from mdevtest.guest import Guest
 from mdevtest.inventory import HostPair
-from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.migration_run import MigrationOutcome
 
 
 @allure.feature("live migration")

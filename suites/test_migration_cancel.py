@@ -10,7 +10,7 @@ import allure
 from mdevtest.checks.heartbeat import check_heartbeat_continuity
 from mdevtest.guest import Guest
 from mdevtest.migration import MigrationPolicy, TimelinePoint
-from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.migration_run import MigrationOutcome
 
 
 def _mid_way(point: TimelinePoint) -> bool:

@@ -16,8 +16,9 @@ from mdevtest.errors import MdevError, MigrationBlocked, classify
 from mdevtest.guest import Guest
 from mdevtest.inventory import HostPair
 from mdevtest.mdev import MdevInstance
+from mdevtest.migration_run import MigrationOutcome
 from mdevtest.plugin.asserts import assert_no_destination_left, assert_still_on_source
-from mdevtest.plugin.fixtures import MigrationOutcome, last_outcome
+from mdevtest.plugin.fixtures import last_outcome
 from mdevtest.testbed import Testbed
 
 Migrate = Callable[..., MigrationOutcome]

@@ -9,7 +9,7 @@ import pytest
 
 from mdevtest.guest import Guest
 from mdevtest.inventory import HostPair
-from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.migration_run import MigrationOutcome
 from mdevtest.testbed import Testbed
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from mdevtest.guest import Guest
 from mdevtest.migration import MigrationPolicy
-from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.migration_run import MigrationOutcome
 
 
 def _policy(name: str, **options: object) -> object:

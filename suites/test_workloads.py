@@ -18,7 +18,7 @@ import allure
 import pytest
 
 from mdevtest.guest import Guest
-from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.migration_run import MigrationOutcome
 from mdevtest.report.attach import attach_json, attach_png
 from mdevtest.report.plot import throughput_png
 from mdevtest.testbed import Testbed

@@ -14,7 +14,7 @@ from mdevtest.workloads.synthetic import parse_heartbeats
 if TYPE_CHECKING:
     from mdevtest.guest import Guest
     from mdevtest.inventory import HostPair
-    from mdevtest.plugin.fixtures import MigrationOutcome
+    from mdevtest.migration_run import MigrationOutcome
     from mdevtest.qemu.machine import RemoteMachine
     from mdevtest.testbed import Testbed
 

@@ -23,7 +23,7 @@ from mdevtest.checks.standard import (
 )
 from mdevtest.guest import Guest
 from mdevtest.guest.control import guest_command
-from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.migration_run import MigrationOutcome
 
 pytestmark = pytest.mark.pairs(1)
 

@@ -31,7 +31,7 @@ from mdevtest.checks.known_issues import TCG_INTX, TCG_INTX_TITLE, KnownIssue
 from mdevtest.errors import CheckFailed
 from mdevtest.guest import Guest
 from mdevtest.migration import MigrationResult
-from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.migration_run import MigrationOutcome
 from mdevtest.qemu.machine import RemoteMachine
 from mdevtest.report.allure_meta import categorize, coverage_description
 from mdevtest.report.summary import SummaryWriter, migration_entry

@@ -137,7 +137,7 @@ def test_an_xfail_naming_a_known_issue_is_filed_under_known_issues() -> None:
 
 
 def outcome_with(res: dict[str, CheckResult], mode: str) -> Any:
-    from mdevtest.plugin.fixtures import MigrationOutcome
+    from mdevtest.migration_run import MigrationOutcome
 
     stub: Any = None
     outcome = MigrationOutcome(stub, stub, stub, None, check_results=res)

@@ -19,7 +19,7 @@ import pytest
 from mdevtest.checks.base import CheckResult
 from mdevtest.checks.standard import standard_checks
 from mdevtest.migration import MigrationResult
-from mdevtest.plugin.fixtures import MigrationOutcome
+from mdevtest.migration_run import MigrationOutcome
 from mdevtest.report.allure_meta import SIMULATED_NOTE, vgpu_facts
 from mdevtest.report.headline import MigrationHeadline, duration, milliseconds
 from mdevtest.report.terminal import progress_line

@@ -19,7 +19,7 @@ from mdevtest.checks.base import CheckResult, coverage_of
 from mdevtest.checks.known_issues import KnownIssue
 from mdevtest.cli import EXIT_OK, EXIT_USAGE, main
 from mdevtest.migration import METHODS, MigrationResult
-from mdevtest.plugin.fixtures import MigrationOutcome, _summary_extra
+from mdevtest.migration_run import MigrationOutcome, summary_extra
 from mdevtest.premerge import SuiteRun
 from mdevtest.report.baseline import METRICS, BaselineError, diff, load_summary
 from mdevtest.report.junit import junit_properties
@@ -67,7 +67,7 @@ def result(**kw: Any) -> MigrationResult:
 
 
 class FakeLab:
-    """What ``_summary_extra`` asks of the Testbed: host facts and the guest image."""
+    """What ``summary_extra`` asks of the Testbed: host facts and the guest image."""
 
     def facts(self, host: str) -> Any:
         return SimpleNamespace(
@@ -111,7 +111,7 @@ def fixture_outcome() -> MigrationOutcome:
 def fixture_entry() -> tuple[SummaryEntry, dict[str, Any]]:
     """The entry as the migrate fixture builds it, and the dict the code before the model built."""
     outcome = fixture_outcome()
-    extra = {**_summary_extra(FakeLab(), outcome, "xfailed"), "workload": "mtty"}  # type: ignore[arg-type]
+    extra = {**summary_extra(FakeLab(), outcome, "xfailed"), "workload": "mtty"}  # type: ignore[arg-type]
     extra["workload_run"] = outcome.workload_run
     extra["finished_at"] = FINISHED
     coverage = coverage_of(outcome.check_results, required=outcome.required_checks)
