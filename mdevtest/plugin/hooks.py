@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Generator
@@ -159,13 +158,16 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         problem = f"no inventory: {path} does not exist; pass --inventory PATH"
     report_dir = config.getoption("mdevtest_report_dir")
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    # xdist's own word on which process this is (not the environment: a pytest run started
+    # from inside a worker, e.g. by pytester, is a controller of its own)
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    worker = str(workerinput["workerid"]) if workerinput else "main"
     xdist_controller = worker == "main" and getattr(config.option, "numprocesses", None)
     if xdist_controller and getattr(config.option, "testrunuid", None) is None:
         # Give xdist our run id, so the controller knows the id its workers will run under.
         config.option.testrunuid = uuid.uuid4().hex
     run_id = (
-        os.environ.get("PYTEST_XDIST_TESTRUNUID")
+        (str(workerinput.get("testrunuid") or "") if workerinput else "")
         or getattr(config.option, "testrunuid", None)
         or uuid.uuid4().hex
     )[:12]
