@@ -90,8 +90,11 @@ def _mtty_uefi(_spec: LabImage, progress: Progress) -> BootImage:
         # TCG inside TCG the guest's one vCPU is saturated (the mtty loopback's and the console's
         # UART interrupts): the nice-19 RAM writer and DMA reader never ran and VERIFY-RAM said
         # writer-not-responding (seen 2026-12-04). Here they run at nice 0, at a tenth of the
-        # rates, which still exercises every ledger.
+        # rates, which still exercises every ledger. Right after the switchover the L2 guest
+        # can be descheduled for seconds (a writer at nice 0 still missed the 5 s pause once,
+        # 2026-12-05): a check waits up to 30 s for it.
         probe_defaults={
+            "pause_ms": "30000",
             "hb_ms": "0",
             "bg_nice": "0",
             "fps": "1",

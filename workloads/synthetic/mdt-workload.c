@@ -72,6 +72,7 @@ struct config {
     long dma_slots;       /* 4 KiB slots the DMA reader fills from the disk; 0 = off */
     long dma_rps;         /* DMA reads per second; 0 = as fast as it can */
     long bg_nice;         /* niceness of the RAM dirtier and the DMA reader (19: background) */
+    long pause_ms;        /* how long a check waits for a worker to stop at its pause point */
     char display[STR_OPT_LEN]; /* "auto" (drm, else fbdev), "drm" or "fbdev" */
     char drm[STR_OPT_LEN];     /* DRM device */
     char fb[STR_OPT_LEN];      /* framebuffer device */
@@ -92,6 +93,7 @@ static struct config cfg = {
     .dma_slots = 256,
     .dma_rps = 1000,
     .bg_nice = 19,
+    .pause_ms = 5000,
     .display = "auto",
     .drm = "/dev/dri/card0",
     .fb = "/dev/fb0",
@@ -119,6 +121,7 @@ static const struct option_def options[] = {
     {"dma_slots", &cfg.dma_slots, 0, 65536, NULL},
     {"dma_rps", &cfg.dma_rps, 0, 1000000, NULL},
     {"bg_nice", &cfg.bg_nice, 0, 19, NULL},
+    {"pause_ms", &cfg.pause_ms, 100, 600000, NULL},
     {"display", NULL, 0, 0, cfg.display},
     {"drm", NULL, 0, 0, cfg.drm},
     {"fb", NULL, 0, 0, cfg.fb},
@@ -347,7 +350,7 @@ static int await_value(const int *flag, int want, unsigned timeout_ms)
 static int pause_begin(struct pauser *p)
 {
     STORE(&p->req, 1);
-    if (await_value(&p->ack, 1, 5000) == 0)
+    if (await_value(&p->ack, 1, (unsigned)cfg.pause_ms) == 0)
         return 0;
     STORE(&p->req, 0);
     return -1;
@@ -1425,7 +1428,8 @@ static void cmd_verify_ram(const struct cmd *c)
     }
     uint64_t t0 = now_ns();
     if (pause_begin(&shm->ram_pause) < 0) {
-        result(c, "fail", "reason=writer-not-responding pages=%zu", ram.pages);
+        result(c, "fail", "reason=writer-not-responding pages=%zu waited_ms=%ld", ram.pages,
+               cfg.pause_ms);
         return;
     }
     size_t bad = 0;
