@@ -58,12 +58,15 @@ from types import TracebackType
 from typing import Any
 
 from mdevtest.errors import LabError
+from mdevtest.lab.simsriov import DEFAULT_PFS, SimPf, SriovKernel, parse_sim_pf, sim_pf_json
+from mdevtest.lab.sysfs_nodes import Attr, Dir, Link, Node
 
 __all__ = [
     "FSTYPE",
     "SimConfig",
     "SimKernel",
     "SimParent",
+    "SimPf",
     "SimType",
     "SimulatedSysfs",
     "fuse_unavailable_reason",
@@ -197,12 +200,17 @@ class SimConfig:
     """Which parents the simulated sysfs shows. JSON round-trips through :meth:`to_json`."""
 
     parents: tuple[SimParent, ...] = field(default_factory=lambda: (DEFAULT_GVT_PARENT,))
+    pfs: tuple[SimPf, ...] = DEFAULT_PFS
+    """SR-IOV physical functions (:mod:`mdevtest.lab.simsriov`)."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.parents]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate parent names in {names}")
-        paths = [p.device_path for p in self.parents]
+        addresses = [p.address for p in self.pfs]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"duplicate PF addresses in {addresses}")
+        paths = [p.device_path for p in self.parents] + [p.device_path for p in self.pfs]
         for a in paths:
             for b in paths:
                 if a != b and b.startswith(a + "/"):
@@ -235,7 +243,8 @@ class SimConfig:
                         ],
                     }
                     for p in self.parents
-                ]
+                ],
+                "pfs": [sim_pf_json(p) for p in self.pfs],
             },
             indent=2,
         )
@@ -248,7 +257,12 @@ class SimConfig:
         except json.JSONDecodeError as exc:
             raise ValueError(f"simulated sysfs config is not JSON: {exc}") from exc
         try:
-            return cls(tuple(_parent_from(p) for p in _keys(data, {"parents"}, "config")["parents"]))
+            d = _keys(data, {"parents", "pfs"}, "config")
+            pfs = d.get("pfs")
+            return cls(
+                tuple(_parent_from(p) for p in d["parents"]),
+                DEFAULT_PFS if pfs is None else tuple(parse_sim_pf(_keys(p, set(p), "pf")) for p in pfs),
+            )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"invalid simulated sysfs config: {exc}") from exc
 
@@ -299,31 +313,6 @@ def _parent_from(obj: Any) -> SimParent:
 # The simulated kernel: state and the tree it shows (pure Python, no FUSE)
 
 
-@dataclass(frozen=True)
-class Dir:
-    entries: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Link:
-    target: str
-
-
-@dataclass(frozen=True)
-class Attr:
-    """A sysfs attribute: ``read`` None means write-only, ``writable`` False read-only."""
-
-    read: str | None
-    writable: bool = False
-
-    @property
-    def mode(self) -> int:
-        return (0o444 if self.read is not None else 0) | (0o200 if self.writable else 0)
-
-
-Node = Dir | Link | Attr
-
-
 @dataclass
 class _Device:
     parent: str
@@ -348,6 +337,14 @@ class SimKernel:
             parts = ["devices", *p.device_path.split("/")]
             for i in range(1, len(parts)):
                 self._device_dirs.setdefault("/".join(parts[:i]), set()).add(parts[i])
+        # SR-IOV functions: the directories on the way to them; the functions themselves (the
+        # PF, and VFs as they come and go) are listed by the SR-IOV state
+        self.sriov = SriovKernel(config.pfs, in_use=lambda address: address in self.in_use)
+        for pf in config.pfs:
+            parts = ["devices", *pf.device_path.split("/")][:-1]
+            for i in range(1, len(parts)):
+                self._device_dirs.setdefault("/".join(parts[:i]), set()).add(parts[i])
+            self._device_dirs.setdefault("/".join(parts), set())
 
     # -- state changes (the kernel's store functions) ---------------------------------------------
 
@@ -397,7 +394,7 @@ class SimKernel:
         for raw in data.decode("ascii", errors="replace").split():
             sign, uuid = (raw[0], raw[1:]) if raw[0] in "+-" else ("+", raw)
             uuid = uuid.lower()
-            if uuid not in self.devices:
+            if uuid not in self.devices and uuid not in self.sriov.functions:
                 raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
             if sign == "+":
                 self.in_use.add(uuid)
@@ -409,6 +406,8 @@ class SimKernel:
         parts = path.split("/")
         if path == f"{CONTROL_DIR}/in_use":
             self.control_in_use(data)
+            return
+        if self.sriov.write(parts, data, _kstrtoul):
             return
         if parts[-1] == "create":
             parent, mtype = self._type_at(parts[:-1])
@@ -455,7 +454,9 @@ class SimKernel:
 
     def _lookup_bus(self, parts: list[str], n: int) -> Node | None:
         if n == 1:
-            return Dir(("mdev",))
+            return Dir(("mdev", "pci"))
+        if parts[1] == "pci":
+            return self.sriov.lookup_bus_pci(parts[2:])
         if parts[1] != "mdev":
             return None
         if n == 2:
@@ -486,7 +487,11 @@ class SimKernel:
     def _lookup_devices(self, parts: list[str]) -> Node | None:
         joined = "/".join(parts)
         if joined in self._device_dirs:
-            return Dir(tuple(sorted(self._device_dirs[joined])))
+            return Dir(tuple(sorted(self._device_dirs[joined] | set(self.sriov.children(joined)))))
+        for path, address in self.sriov.by_path().items():
+            base = path.split("/")
+            if parts[: len(base)] == base:
+                return self.sriov.lookup_function(address, parts[len(base) :])
         for device_path, parent in self._parents_by_path.items():
             base = ["devices", *device_path.split("/")]
             if parts[: len(base)] == base:
