@@ -283,17 +283,62 @@ class Host(_Model):
     """The matching variable store template; each UEFI guest gets its own copy."""
 
 
+_VF_VENDORS = frozenset({"xe-sriov", "nvidia-vfio", "vfio-variant", "sim-xe-sriov", "sim-nvidia-vfio"})
+_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
 class VgpuSpec(_Model):
     """Which mediated device a pair's guests get (the vendor module interprets ``type``)."""
 
-    vendor: Literal["simulated", "gvt", "nvidia", "mtty"]
+    vendor: Literal[
+        "simulated",
+        "gvt",
+        "nvidia",
+        "mtty",
+        "xe-sriov",
+        "nvidia-vfio",
+        "vfio-variant",
+        "sim-xe-sriov",
+        "sim-nvidia-vfio",
+    ]
+    """mdev vendors: ``gvt``, ``nvidia``, ``mtty``, ``simulated``; SR-IOV VF vendors (a VF bound
+    to a vfio-pci variant driver): ``xe-sriov``, ``nvidia-vfio``, ``vfio-variant`` and the local
+    lab's ``sim-xe-sriov``, ``sim-nvidia-vfio``."""
     type: NonEmptyStr
-    """The mdev type id as in sysfs, e.g. ``i915-GVTg_V5_4``, ``mtty-2``, ``nvidia-222``."""
+    """mdev vendors: the mdev type id as in sysfs, e.g. ``i915-GVTg_V5_4``, ``mtty-2``,
+    ``nvidia-222``. VF vendors: ``xe-sriov`` the VF profile (``auto``: the PF's fair share),
+    ``nvidia-vfio`` the vGPU type id of ``creatable_vgpu_types`` (``1156``), ``vfio-variant`` the
+    variant driver to bind (``mlx5_vfio_pci``)."""
     parent: NonEmptyStr | None = None
-    """Parent device, e.g. ``0000:00:02.0``; None means any parent that offers ``type``."""
+    """mdev: the parent device, e.g. ``0000:00:02.0``; None means any parent that offers
+    ``type``. VF vendors: the PF's PCI address (required)."""
+    vfs: Annotated[int, Strict(), Field(ge=1, le=256)] | None = None
+    """VF vendors: VFs to enable on the PF when it has fewer (default 2); the PF's previous
+    settings are restored after the run."""
     use_mdevctl: Flag = False
     limits: Limits | None = None
     """Limits for this vGPU profile, over the inventory's (a test's ``limits`` marker wins)."""
+
+    @property
+    def is_vf(self) -> bool:
+        return self.vendor in _VF_VENDORS
+
+    @model_validator(mode="after")
+    def _vf_fields(self) -> VgpuSpec:
+        if self.is_vf:
+            if self.parent is None or not _PCI_ADDRESS.fullmatch(self.parent):
+                raise ValueError(
+                    f"vendor {self.vendor} takes an SR-IOV VF of a PF: set parent to the PF's "
+                    "PCI address, e.g. parent: '0000:03:00.0' (lspci -D shows it)"
+                )
+            if self.use_mdevctl:
+                raise ValueError(f"vendor {self.vendor} uses VFs, not mdevs: remove use_mdevctl")
+        elif self.vfs is not None:
+            raise ValueError(
+                f"vfs applies to SR-IOV VF vendors ({', '.join(sorted(_VF_VENDORS))}); "
+                f"{self.vendor} creates mdevs: remove vfs"
+            )
+        return self
 
 
 class HostPair(_Model):

@@ -284,7 +284,8 @@ class MigrationRunner:
         }
         for role, vgpu in outcome.vgpus.items():
             if vgpu is not None:  # per-run values stay out of Allure's history id
-                history_safe_parameter(f"mdev uuid ({role})", vgpu.instance.uuid)
+                name = "VF" if vgpu.kind == "vf" else "mdev uuid"
+                history_safe_parameter(f"{name} ({role})", vgpu.instance.uuid)
         self.outcomes.append(outcome)
         migrator = Migrator(source, destination, uri=lab.migration_uri(route), policy=policy)
         # titled "migrate host-a->host-b: downtime 45 ms (observed 61 ms), total 2.8 s" once known
@@ -443,14 +444,19 @@ def dirty_tracking_mode(pair: HostPair, facts: HostFacts) -> str | None:
 
 
 def vgpu_entry(pair: HostPair, vgpus: dict[str, VgpuAllocation | None]) -> dict[str, Any] | None:
-    """What the summary says about the vGPU: vendor, type, both UUIDs, simulated or real."""
+    """What the summary says about the vGPU: vendor, type, mdev or VF, both devices' ids,
+    simulated or real."""
     if pair.vgpu is None:
         return None
     present = [v for v in vgpus.values() if v is not None]
+    kind = "vf" if pair.vgpu.is_vf else "mdev"
+    ids = {role: (v.instance.uuid if v else None) for role, v in vgpus.items()}
     return {
         "vendor": pair.vgpu.vendor,
         "type": pair.vgpu.type,
+        "kind": kind,
         "parent": next((v.instance.parent for v in present), pair.vgpu.parent),
         "simulated": any(v.simulated for v in present),
-        "mdev_uuids": {role: (v.instance.uuid if v else None) for role, v in vgpus.items()},
+        "mdev_uuids": ids if kind == "mdev" else {},
+        "devices": ids,
     }

@@ -80,17 +80,23 @@ def preflight_pair(testbed: Testbed, pair: HostPair, *, cross_version: bool = Fa
         return PreflightReport(pair.id, tuple(checks))
     profile = get_profile(vgpu.vendor)
     drivers: dict[str, str] = {}
+    pf_ids: dict[str, str] = {}  # VF vendors: the PF's vendor:device rev on each host
     for host in reachable:
         remote = testbed.remote(host)
         root = remote.host.sysfs_root
         for hc in profile.host_checks(remote, sysfs_root=root):
             checks.append(PreflightCheck(host, hc.name, hc.passed, hc.detail))
-        try:
-            mtype = testbed.mdevs(host, pair).require_available(vgpu.type, vgpu.parent)
-            checks.append(PreflightCheck(host, f"free {vgpu.type}", True,
-                f"{mtype.available_instances} available on {mtype.parent}"))  # fmt: skip
-        except MdevError as exc:
-            checks.append(PreflightCheck(host, f"free {vgpu.type}", False, str(exc)))
+        if vgpu.is_vf:
+            identity = _vf_checks(testbed, pair, host, checks)
+            if identity is not None:
+                pf_ids[host] = identity
+        else:
+            try:
+                mtype = testbed.mdevs(host, pair).require_available(vgpu.type, vgpu.parent)
+                checks.append(PreflightCheck(host, f"free {vgpu.type}", True,
+                    f"{mtype.available_instances} available on {mtype.parent}"))  # fmt: skip
+            except MdevError as exc:
+                checks.append(PreflightCheck(host, f"free {vgpu.type}", False, str(exc)))
         try:
             drivers[host] = profile.driver_version(remote, sysfs_root=root)
         except MdevtestError as exc:
@@ -106,9 +112,40 @@ def preflight_pair(testbed: Testbed, pair: HostPair, *, cross_version: bool = Fa
             if tracking is not None:
                 checks.append(PreflightCheck(host, "VFIO dirty tracking", tracking.usable,
                     f"mode {tracking.mode}: {tracking.detail}"))  # fmt: skip
+    if len(pf_ids) == 2:  # a VF's state loads only into the same device and revision
+        same = len(set(pf_ids.values())) == 1
+        checks.append(PreflightCheck(pair.source, "same device and revision", same,
+            ", ".join(f"{h} {v}" for h, v in pf_ids.items())
+            + ("" if same else "; a VF's state cannot move between them")))  # fmt: skip
     if len(drivers) == 2 and not cross_version:
         same = len(set(drivers.values())) == 1
         checks.append(PreflightCheck(pair.source, "same vendor driver", same,
             ", ".join(f"{h} {v}" for h, v in drivers.items())
             + ("" if same else "; mark the test cross_version to allow this")))  # fmt: skip
     return PreflightReport(pair.id, tuple(checks))
+
+
+def _vf_checks(testbed: Testbed, pair: HostPair, host: str, checks: list[PreflightCheck]) -> str | None:
+    """A VF vendor's PF on ``host``: present, SR-IOV, a VF free for this run; returns the PF's
+    ``vendor:device rev`` (compared across the pair), None when it could not be read."""
+    vgpu = pair.vgpu
+    assert vgpu is not None
+    assert vgpu.parent is not None
+    manager = testbed.vfs(host)
+    try:
+        state = manager.pf_state(vgpu.parent)
+        taken = {r.uuid for r in manager.records()}
+    except MdevtestError as exc:
+        checks.append(PreflightCheck(host, f"PF {vgpu.parent}", False, str(exc)))
+        return None
+    wanted = vgpu.vfs or 2
+    fits = state.total_vfs >= wanted
+    free = max(state.num_vfs, wanted) - len(taken & {v.address for v in state.vfs})
+    detail = (
+        f"{state.vendor}:{state.device} rev {state.revision}, driver {state.driver or 'none'}, "
+        f"{state.num_vfs}/{state.total_vfs} VFs enabled, {len(taken)} taken"
+    )
+    if not fits:
+        detail += f"; {wanted} wanted (vgpu.vfs): the PF offers {state.total_vfs}"
+    checks.append(PreflightCheck(host, f"free VF on {vgpu.parent}", fits and free > 0, detail))
+    return f"{state.vendor}:{state.device} rev {state.revision}"

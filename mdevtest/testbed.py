@@ -29,18 +29,29 @@ from mdevtest.mdev import MdevInstance, MdevManager
 from mdevtest.qemu.cmdline import Control, DiskAttach, MachineSpec
 from mdevtest.qemu.machine import RemoteMachine, reap
 from mdevtest.remote import Remote, RemotePool
+from mdevtest.sriov import VfInstance, VfManager
 from mdevtest.vendors import get_profile
 
 
 @dataclass(frozen=True)
 class VgpuAllocation:
-    """An mdev this session created for one machine (removed when the machine is released)."""
+    """The VFIO device this session set up for one machine (freed when the machine is released):
+    an mdev it created, or an SR-IOV VF it bound (``instance.uuid`` is then the VF's address)."""
 
     host: str
-    instance: MdevInstance
+    instance: MdevInstance | VfInstance
     sysfs_path: str
     vendor: str
     simulated: bool
+
+    @property
+    def kind(self) -> str:
+        """``mdev`` or ``vf``."""
+        return "vf" if isinstance(self.instance, VfInstance) else "mdev"
+
+    def describe(self) -> str:
+        """``mdev <uuid>`` or ``VF <address>``, for reports."""
+        return f"{'VF' if self.kind == 'vf' else 'mdev'} {self.instance.uuid}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,8 @@ class Testbed:
         # unreachable: released when the host answers again (before the next machine there,
         # by the next lease's reaper, at close), else by a later run's reaper
         self._pending: dict[str, list[tuple[RemoteMachine, VgpuAllocation | None]]] = {}
+        # (host, PF) whose VFs this session enabled: restored as found at close
+        self._provisioned: set[tuple[str, str]] = set()
 
     def remote(self, host: str) -> Remote:
         return self.pool[host]
@@ -116,6 +129,11 @@ class Testbed:
             state_dir=remote.host.state_dir,
         )
 
+    def vfs(self, host: str) -> VfManager:
+        """The SR-IOV VF manager of ``host`` (its sysfs root and state dir)."""
+        remote = self.remote(host)
+        return VfManager(remote, sysfs_root=remote.host.sysfs_root, state_dir=remote.host.state_dir)
+
     def reap_host(self, host: str) -> list[str]:
         """Kill machines and remove mdevs that other runs left on ``host`` (ours only).
 
@@ -124,7 +142,11 @@ class Testbed:
         """
         done = self.flush_pending(host)
         left = reap(self.remote(host), keep_run=self.run_id)
-        return done + left + [f"mdev {u}" for u in self.mdevs(host).reap(keep_owner=self.run_id)]
+        mdevs = [f"mdev {u}" for u in self.mdevs(host).reap(keep_owner=self.run_id)]
+        vfs: list[str] = []
+        if self.remote(host).host.state_dir is not None:
+            vfs = [f"VF {a}" for a in self.vfs(host).reap(keep_owner=self.run_id)]
+        return done + left + mdevs + vfs
 
     def reap(self) -> dict[str, list[str]]:
         """:meth:`reap_host` on every host (``mdevtest lab reap``; no other run may be active)."""
@@ -289,10 +311,13 @@ class Testbed:
     def allocate_vgpu(
         self, pair: HostPair, host: str, *, uuid: str | None = None
     ) -> VgpuAllocation | None:
-        """Create the pair's vGPU on ``host`` (same UUID on both sides, as libvirt expects)."""
+        """Create the pair's vGPU on ``host`` (same UUID on both sides, as libvirt expects), or
+        bind a VF for a VF vendor (any free VF of the PF: addresses differ between hosts)."""
         if pair.vgpu is None:
             return None
         self.flush_pending(host)  # a discarded machine's mdev there may have this very UUID
+        if pair.vgpu.is_vf:
+            return self._allocate_vf(pair, host)
         manager = self.mdevs(host, pair)
         instance = manager.create(pair.vgpu.type, parent=pair.vgpu.parent, uuid=uuid, owner=self.run_id)
         return VgpuAllocation(
@@ -303,7 +328,55 @@ class Testbed:
             simulated=get_profile(pair.vgpu.vendor).simulated,
         )
 
+    def _allocate_vf(self, pair: HostPair, host: str) -> VgpuAllocation:
+        """Bind a free VF of the pair's PF on ``host`` (enabling VFs first if it has too few)."""
+        from mdevtest.vendors.vf import VfProfile
+
+        spec = pair.vgpu
+        assert spec is not None  # the inventory requires a parent for a VF vendor
+        assert spec.parent is not None
+        profile = get_profile(spec.vendor)
+        assert isinstance(profile, VfProfile)
+        manager = self.vfs(host)
+        with self._lock:
+            self._provisioned.add((host, spec.parent))
+        instance = manager.allocate(
+            spec.parent,
+            driver=profile.bind_driver(spec.type),
+            vgpu_type=profile.vgpu_type(spec.type),
+            owner=self.run_id,
+            vfs=spec.vfs or 2,
+        )
+        return VgpuAllocation(
+            host=host,
+            instance=instance,
+            sysfs_path=manager.device_dir(instance.uuid),
+            vendor=spec.vendor,
+            simulated=profile.simulated,
+        )
+
+    def restore_vfs(self) -> list[str]:
+        """Every PF this session enabled VFs on, back as it was found (raises naming each PF
+        that could not be restored: a host left with VFs it did not have is a dirty host)."""
+        done: list[str] = []
+        problems: list[str] = []
+        for host, pf in sorted(self._provisioned):
+            try:
+                note = self.vfs(host).restore(pf)
+            except MdevtestError as exc:
+                problems.append(str(exc))
+            else:
+                if note:
+                    done.append(f"{host}: {note}")
+        self._provisioned.clear()
+        if problems:
+            raise MdevError("SR-IOV hygiene: " + "; ".join(problems))
+        return done
+
     def release_vgpu(self, vgpu: VgpuAllocation) -> None:
+        if isinstance(vgpu.instance, VfInstance):
+            self.vfs(vgpu.host).release(vgpu.instance, missing_ok=True)
+            return
         self.mdevs(vgpu.host).remove(vgpu.instance.uuid, missing_ok=True)
 
     def release_vgpu_of(self, machine: RemoteMachine) -> None:
@@ -325,7 +398,10 @@ class Testbed:
                 f"{dst.host} has {dst.instance.type_id}; a migration between them cannot work"
             )
         for vgpu in (src, dst):
-            present = {i.uuid for i in self.mdevs(vgpu.host).instances()}
+            if isinstance(vgpu.instance, VfInstance):
+                present = {r.uuid for r in self.vfs(vgpu.host).records()}
+            else:
+                present = {i.uuid for i in self.mdevs(vgpu.host).instances()}
             if vgpu.instance.uuid not in present:
                 raise MdevError(
                     f"{vgpu.host}: the vGPU {vgpu.instance.uuid} ({vgpu.instance.type_id}) vanished "
@@ -376,7 +452,7 @@ class Testbed:
         """Releases waiting for their host to answer again, by host (for reports)."""
         with self._lock:
             return {
-                host: [m.label + (f" + mdev {v.instance.uuid}" if v else "") for m, v in entries]
+                host: [m.label + (f" + {v.describe()}" if v else "") for m, v in entries]
                 for host, entries in self._pending.items()
                 if entries
             }
@@ -553,7 +629,10 @@ class Testbed:
         for host in list(self._pending):
             with contextlib.suppress(MdevtestError):
                 self.flush_pending(host)
-        self.pool.close()
+        try:
+            self.restore_vfs()
+        finally:
+            self.pool.close()
 
     def __enter__(self) -> Testbed:
         return self

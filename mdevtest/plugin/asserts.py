@@ -33,7 +33,7 @@ def assert_still_on_source(guest: Guest, source: RemoteMachine, *, wait_s: float
 
 
 def assert_no_destination_left(lab: Testbed, pair: HostPair, outcome: MigrationOutcome | None) -> str:
-    """The discarded destination's QEMU is gone and its mdev removed."""
+    """The discarded destination's QEMU is gone and its mdev removed (or its VF released)."""
     __tracebackhide__ = True
     if outcome is None:
         return "none"
@@ -41,7 +41,10 @@ def assert_no_destination_left(lab: Testbed, pair: HostPair, outcome: MigrationO
     pid = destination.pid
     assert pid is None or not process_alive(destination.remote, pid), f"destination QEMU {pid} left"
     vgpu = outcome.vgpus.get("destination")
-    if vgpu is not None:
+    if vgpu is not None and vgpu.kind == "vf":
+        bound = {r.uuid for r in lab.vfs(pair.destination).records()}
+        assert vgpu.instance.uuid not in bound, "the destination's VF was left bound"
+    elif vgpu is not None:
         present = {i.uuid for i in lab.mdevs(pair.destination).instances()}
         assert vgpu.instance.uuid not in present, "the destination's mdev was left behind"
     return "none"

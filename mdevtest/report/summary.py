@@ -8,8 +8,9 @@ see below); the entry is validated when it is built (:func:`migration_entry`,
 Readers (the terminal table, the baseline gate, ``mdevtest premerge``, ``mdevtest export``)
 parse with :func:`read_summary` / :func:`parse_summary` and use attributes, not dict keys.
 
-``schema_version`` is 1. A file without it (written before it existed) is version 0, which has
-the same shape; a file of a newer version is refused with a message naming both versions.
+``schema_version`` is 2 (``vgpu.kind`` and ``vgpu.devices`` added for SR-IOV VFs; version 1 has
+the same shape without them). A file without it (written before it existed) is version 0, of
+version 1's shape; a file of a newer version is refused with a message naming both versions.
 Adding a key, or changing a key's type or meaning, raises the version.
 
 An entry is dumped with the keys it was built with and no others (``exclude_unset``): an entry
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
 FRAGMENTS = "summary.d"
 SUMMARY = "summary.json"
 #: The version this mdevtest writes; it reads this one and every older one.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -142,7 +143,17 @@ class VgpuEntry(_Model):
     )
     mdev_uuids: dict[Literal["source", "destination"], str | None] = Field(
         default_factory=dict,
-        description="The mdev instance on each side; None where none was allocated.",
+        description="The mdev instance on each side; None where none was allocated; empty for "
+        "a VF.",
+    )
+    kind: Literal["mdev", "vf"] | None = Field(
+        default=None,
+        description="``mdev`` (a mediated device) or ``vf`` (an SR-IOV VF bound to a vfio-pci "
+        "variant driver); None in files of schema version 1 and older (mdev).",
+    )
+    devices: dict[Literal["source", "destination"], str | None] = Field(
+        default_factory=dict,
+        description="The VFIO device on each side: the mdev's UUID or the VF's PCI address.",
     )
 
 

@@ -1,7 +1,8 @@
 """Vendor profiles: what differs between an Intel GVT-g, an NVIDIA vGPU, an mtty and the local lab.
 
-One module per vendor (``gvt``, ``nvidia``, ``mtty``, ``simulated``), found by name with
-:func:`get_profile`. A :class:`VendorProfile` (:mod:`.base`) says
+One module per vendor (``gvt``, ``nvidia``, ``mtty``, ``simulated``; ``vf`` for the SR-IOV VF
+vendors ``xe-sriov``, ``nvidia-vfio``, ``vfio-variant`` and their simulated twins), found by name
+with :func:`get_profile`. A :class:`VendorProfile` (:mod:`.base`) says
 
 * which host facts must hold before a guest starts (:meth:`VendorProfile.host_checks`, one round trip);
 * what a type's sysfs ``name``/``description`` mean (:meth:`VendorProfile.parse_type` -> a typed
@@ -69,6 +70,12 @@ _REGISTRY: dict[str, str] = {
     "nvidia": "mdevtest.vendors.nvidia",
     "mtty": "mdevtest.vendors.mtty",
     "simulated": "mdevtest.vendors.simulated",
+    # SR-IOV VFs bound to vfio-pci variant drivers (one module, a profile per name)
+    "xe-sriov": "mdevtest.vendors.vf",
+    "nvidia-vfio": "mdevtest.vendors.vf",
+    "vfio-variant": "mdevtest.vendors.vf",
+    "sim-xe-sriov": "mdevtest.vendors.vf",
+    "sim-nvidia-vfio": "mdevtest.vendors.vf",
 }
 
 
@@ -90,5 +97,6 @@ def get_profile(name: str) -> VendorProfile:
             f"unknown vGPU vendor {name!r}; known vendors: {', '.join(known_vendors())}"
         )
     module = importlib.import_module(module_name)
-    profile: VendorProfile = module.profile()
+    named = getattr(module, "profile_named", None)
+    profile: VendorProfile = named(name) if named is not None else module.profile()
     return profile

@@ -183,6 +183,9 @@ class VendorProfile(ABC):
 
     name: ClassVar[str]
     simulated: ClassVar[bool] = False
+    device_kind: ClassVar[str] = "mdev"
+    """``mdev`` (a mediated device of a parent) or ``vf`` (an SR-IOV VF,
+    :mod:`mdevtest.vendors.vf`)."""
     capture_method: ClassVar[CaptureMethod]
     applicable_checks: ClassVar[frozenset[str]] = ALL_CHECKS
     trouble_patterns: ClassVar[tuple[re.Pattern[str], ...]] = COMMON_TROUBLE

@@ -422,6 +422,40 @@ def test_unquoted_pci_address_stays_a_string(tmp_path: Path) -> None:
     assert inv.pairs[0].vgpu.parent == "0000:00:02.0"
 
 
+def vf_pair(vgpu: str) -> str:
+    return edited(
+        "    migration_address: 10.1.0.2\n", f"    migration_address: 10.1.0.2\n    vgpu: {vgpu}\n"
+    )
+
+
+def test_an_sriov_vf_vgpu_takes_the_pf_and_a_vf_count(tmp_path: Path) -> None:
+    inv = load_inventory(
+        write(tmp_path, vf_pair("{vendor: xe-sriov, type: auto, parent: 0000:03:00.0, vfs: 4}"))
+    )
+    vgpu = inv.pairs[0].vgpu
+    assert vgpu is not None
+    assert (vgpu.is_vf, vgpu.parent, vgpu.vfs) == (True, "0000:03:00.0", 4)
+
+
+@pytest.mark.parametrize(
+    ("vgpu", "says"),
+    [
+        ("{vendor: xe-sriov, type: auto}", "set parent to the PF's PCI address"),
+        ("{vendor: nvidia-vfio, type: '1156', parent: '03:00.0'}", "set parent to the PF's PCI"),
+        ("{vendor: gvt, type: i915-GVTg_V5_4, vfs: 2}", "gvt creates mdevs: remove vfs"),
+        (
+            "{vendor: xe-sriov, type: auto, parent: 0000:03:00.0, use_mdevctl: true}",
+            "uses VFs, not mdevs: remove use_mdevctl",
+        ),
+        ("{vendor: xe-sriov, type: auto, parent: 0000:03:00.0, vfs: 0}", "vfs"),
+    ],
+)
+def test_bad_vf_combinations_say_what_to_change(tmp_path: Path, vgpu: str, says: str) -> None:
+    message = problems_of(write(tmp_path, vf_pair(vgpu)))
+    assert "pairs[0].vgpu" in message
+    assert says in message
+
+
 # --- references between hosts and pairs ---------------------------------------------------
 
 

@@ -110,7 +110,9 @@ def test_unknown_vendor_marker_is_a_usage_error(pytester: pytest.Pytester) -> No
     pytester.makepyfile('import pytest\n@pytest.mark.vendor("amd")\ndef test_migrate(pair):\n    pass\n')
     result = pytester.runpytest("--inventory", str(LOCAL_LAB))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "allowed are gvt, mtty, nvidia, simulated" in result.stderr.str()
+    assert "allowed are gvt, mtty, nvidia, nvidia-vfio, sim-nvidia-vfio, sim-xe-sriov," in (
+        result.stderr.str()
+    )
 
 
 def test_pairs_without_the_vgpu_type_skip_with_the_reason(pytester: pytest.Pytester) -> None:

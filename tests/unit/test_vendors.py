@@ -71,24 +71,42 @@ def caps(version: str) -> QemuCaps:
 
 
 def test_profiles_are_found_by_name() -> None:
-    assert known_vendors() == ["gvt", "mtty", "nvidia", "simulated"]
+    assert known_vendors() == [
+        "gvt",
+        "mtty",
+        "nvidia",
+        "nvidia-vfio",
+        "sim-nvidia-vfio",
+        "sim-xe-sriov",
+        "simulated",
+        "vfio-variant",
+        "xe-sriov",
+    ]
     for name in known_vendors():
         profile = get_profile(name)
         assert profile.name == name
     assert isinstance(get_profile("gvt"), GvtProfile)
     assert get_profile("simulated").simulated is True
     assert not any(get_profile(n).simulated for n in ("gvt", "nvidia", "mtty"))
+    assert all(get_profile(n).simulated for n in ("sim-xe-sriov", "sim-nvidia-vfio"))
+    vf_vendors = ("xe-sriov", "nvidia-vfio", "vfio-variant", "sim-xe-sriov", "sim-nvidia-vfio")
+    assert all(get_profile(n).device_kind == "vf" for n in vf_vendors)
 
 
 def test_unknown_vendor_lists_the_known_ones() -> None:
     with pytest.raises(UnknownVendorError) as info:
         get_profile("amd")
     assert isinstance(info.value, MdevtestError)
-    assert str(info.value) == "unknown vGPU vendor 'amd'; known vendors: gvt, mtty, nvidia, simulated"
+    assert str(info.value) == (
+        "unknown vGPU vendor 'amd'; known vendors: gvt, mtty, nvidia, nvidia-vfio, "
+        "sim-nvidia-vfio, sim-xe-sriov, simulated, vfio-variant, xe-sriov"
+    )
 
 
 def test_capture_methods_and_applicable_checks() -> None:
     expected = {"gvt": "vnc", "nvidia": "vnc", "mtty": "none", "simulated": "qmp"}
+    expected |= {"xe-sriov": "vnc", "nvidia-vfio": "vnc", "vfio-variant": "vnc"}
+    expected |= {"sim-xe-sriov": "qmp", "sim-nvidia-vfio": "qmp"}
     assert {n: get_profile(n).capture_method for n in known_vendors()} == expected
     assert not get_profile("mtty").applies("graphics")
     assert get_profile("mtty").applicable_checks == ALL_CHECKS - {"graphics"}
