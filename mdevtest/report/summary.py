@@ -143,8 +143,7 @@ class VgpuEntry(_Model):
     )
     mdev_uuids: dict[Literal["source", "destination"], str | None] = Field(
         default_factory=dict,
-        description="The mdev instance on each side; None where none was allocated; empty for "
-        "a VF.",
+        description="The mdev instance on each side; None where none was allocated; empty for a VF.",
     )
     kind: Literal["mdev", "vf"] | None = Field(
         default=None,
