@@ -1253,7 +1253,10 @@ def describe(inv: Inventory) -> str:
             line += ", no vgpu"
         else:
             v = p.vgpu
-            line += f", vgpu {v.vendor} {v.type} on {v.parent or 'any parent'}"
+            if v.is_vf:
+                line += f", vgpu {v.vendor} {v.type} on a VF of PF {v.parent} ({v.vfs or 2} VFs)"
+            else:
+                line += f", vgpu {v.vendor} {v.type} on {v.parent or 'any parent'}"
             line += " via mdevctl" if v.use_mdevctl else ""
         lines.append(line)
     g = inv.guest
