@@ -10,8 +10,9 @@ cache or are built, cold about 2-3 min) and takes it down at the end if it broug
   the probe agent deployed through the agent, its RAM/DMA/device-memory/device-state checks
   and mtty's pass across a migration;
 - the negative case on the real driver: the destination has an ``mtty-1`` (one port) where the
-  source has an ``mtty-2``; the destination rejects the device state, the migration fails, and
-  the guest keeps running on the source with its serial ports still looping bytes;
+  source has an ``mtty-2``; the destination rejects the device state, the migration fails (the
+  diagnosis classes it ``product``, quoting QEMU's words on the refused VFIO section), and the
+  guest keeps running on the source with its serial ports still looping bytes;
 - pre-merge (``-k premerge`` selects or deselects it; about 8 min): the harmless driver patch
   (``tests/data/mtty-version.patch``) passes against a baseline run of the image's own module,
   and the broken one (``tests/data/mtty-drop-scratch.patch``) is rejected with a device-state
@@ -34,7 +35,8 @@ from pathlib import Path
 import pytest
 
 from mdevtest.checks.mtty import compare_reports
-from mdevtest.errors import MigrationFailed
+from mdevtest.diagnose import diagnose, pin
+from mdevtest.errors import MigrationFailed, classify
 from mdevtest.inventory import Inventory, load_inventory
 from mdevtest.lab.nested import NestedLab
 from mdevtest.lab.nested_image import build_nested_images
@@ -193,6 +195,13 @@ def test_port_count_mismatch_is_refused(nested: Inventory) -> None:
             # mtty refuses the header (nr_ports 2 != 1) with EFAULT: QEMU names the VFIO section
             qemu_log = destination.log_tail(40)
             assert re.search(r"error while loading state section id \d+\(\S+/vfio\)", qemu_log), qemu_log
+            # ... which the diagnosis pins on the product (the driver refused the state), with
+            # QEMU's own words, as migrate() reports it
+            found = diagnose(pair, testbed.remote(pair.source), destination)
+            pin(failed.value, found)
+            assert classify(failed.value) == "product", found
+            assert "the destination refused the device state" in str(failed.value)
+            assert re.search(r"section id \d+\(\S+/vfio\)", str(failed.value)), str(failed.value)
             # the guest goes on on the source: heartbeats and both ports still looping bytes
             beats = len(parse_heartbeats(before_log))
             deadline = time.monotonic() + 180
