@@ -228,19 +228,19 @@ class _GuestProbe(Check):
 
     command: ClassVar[str]
 
-    def _reply(self, machine: RemoteMachine) -> GuestReply:
-        reply = guest_command(machine, self.command)
+    def _reply(self, machine: RemoteMachine, timeout: float) -> GuestReply:
+        reply = guest_command(machine, self.command, timeout=timeout)
         if reply.status == "skip":
             raise Skip(f"the guest cannot run {self.command}: {reply.values.get('reason', '?')}")
         return reply
 
     def before(self, ctx: CheckContext) -> None:
         _require_probe_agent(ctx.guest)
-        self._reply(ctx.source).require_ok()
+        self._reply(ctx.source, ctx.testbed.image().control_timeout_s).require_ok()
 
     def after(self, ctx: CheckContext) -> dict[str, Any]:
         dst = ctx.require_destination()
-        reply = self._reply(dst)
+        reply = self._reply(dst, ctx.testbed.image().control_timeout_s)
         values: dict[str, Any] = {k: v for k, v in reply.values.items() if k != "id"}
         if not reply.ok:
             values["details"] = list(reply.details)
@@ -290,9 +290,10 @@ class DeviceStateCheck(Check):
 
     def before(self, ctx: CheckContext) -> None:
         _require_probe_agent(ctx.guest)
-        first = parse_state(guest_command(ctx.source, "STATE"))
+        wait = ctx.testbed.image().control_timeout_s
+        first = parse_state(guest_command(ctx.source, "STATE", timeout=wait))
         time.sleep(0.5)
-        second = parse_state(guest_command(ctx.source, "STATE"))
+        second = parse_state(guest_command(ctx.source, "STATE", timeout=wait))
         ctx.scratch["device-state:before"] = second
         # A guest's idle devices (a read-only root disk) legitimately stay still: only what was
         # rising right before the migration must rise after it.
@@ -304,7 +305,7 @@ class DeviceStateCheck(Check):
         dst = ctx.require_destination()
         time.sleep(0.5)  # let interrupts arrive on the destination
         before = ctx.scratch["device-state:before"]
-        after = parse_state(guest_command(dst, "STATE"))
+        after = parse_state(guest_command(dst, "STATE", timeout=ctx.testbed.image().control_timeout_s))
         problems = compare_states(before, after, rising=ctx.scratch.get("device-state:rising"))
         values: dict[str, Any] = {
             "mode": after.mode,

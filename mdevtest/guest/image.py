@@ -56,6 +56,9 @@ class BootImage:
     probe_defaults: Mapping[str, str] = field(default_factory=dict)
     """Options a deployed probe gets in this image unless the test gives its own (e.g.
     ``hb_ms=0`` where the image's own workload prints the console heartbeat)."""
+    control_timeout_s: float = 20.0
+    """How long a check waits for the probe's reply to one command (``STATE``, ``VERIFY-*``):
+    longer in images that run very slowly (the nested lab's L2 guests under TCG inside TCG)."""
     software_rendering: bool = False
     """The image renders OpenGL in software (Mesa llvmpipe) by design: the lab's desktop image,
     whose X server is Xvfb. A workload reporting llvmpipe fails elsewhere (a GPU was expected)."""

@@ -93,6 +93,9 @@ def _mtty_uefi(_spec: LabImage, progress: Progress) -> BootImage:
         # rates, which still exercises every ledger. Right after the switchover the L2 guest
         # can be descheduled for seconds (a writer at nice 0 still missed the 5 s pause once,
         # 2026-12-05): a check waits up to 30 s for it.
+        # Commands wait 90 s for the probe's reply (VERIFY-RAM alone may wait 30 s for the writer;
+        # a STATE reply after the switchover took more than 20 s once, 2026-12-05).
+        control_timeout_s=90.0,
         probe_defaults={
             "pause_ms": "30000",
             "hb_ms": "0",

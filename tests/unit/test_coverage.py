@@ -89,7 +89,8 @@ def guest_agent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
 def context(guest: Guest, source: RemoteMachine) -> CheckContext:
     return CheckContext(
-        testbed=cast(Any, None),
+        # what the checks ask of the Testbed: the image's control timeout
+        testbed=cast(Any, SimpleNamespace(image=lambda: SimpleNamespace(control_timeout_s=20.0))),
         route=cast(Any, None),
         guest=guest,
         source=source,
