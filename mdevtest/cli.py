@@ -43,8 +43,15 @@ EXIT_LAB = 4
 EXIT_INTERRUPTED = 130
 
 
+_STARTED = time.monotonic()
+
+
 def _progress(message: str) -> None:
-    print(f"[mdevtest] {message}", flush=True)
+    """One progress line with the time since the command started (``[mdevtest   41.7s] ...``),
+    as the plugin's progress lines have it."""
+    from mdevtest.report.terminal import progress_line
+
+    print(progress_line(message, time.monotonic() - _STARTED), flush=True)
 
 
 class _VersionAction(argparse.Action):
