@@ -44,6 +44,9 @@ from mdevtest.qemu.machine import RemoteMachine
 from mdevtest.qemu.qmp import QmpEvent
 
 FINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+#: The status of a result whose migration ended before QEMU reported a final status that
+#: mdevtest saw (QMP or SSH lost, the controller interrupted): the error says why.
+ABORTED = "aborted"
 
 #: How each figure of a result is measured; copied into every report entry.
 METHODS: dict[str, str] = {
@@ -250,6 +253,7 @@ class Migrator:
         self._state = "new"
         self._yanked: str | None = None  # why the migration was yanked (stuck source), if it was
         self._result: MigrationResult | None = None
+        self._last_info: dict[str, Any] = {}  # the latest query-migrate reply
 
     @property
     def result(self) -> MigrationResult:
@@ -310,10 +314,34 @@ class Migrator:
             self.prepare()
         if self._state != "prepared":
             raise StateError(f"migration {self.uri} cannot run in state {self._state}")
-        src, dst = self.source, self.destination
+        src = self.source
         first_event = src.qmp.event_count()
         timeline: list[TimelinePoint] = []
         started = time.monotonic()
+        try:
+            return self._run(timeline, started, first_event, cancel_when, on_point)
+        except BaseException:
+            # Whatever ended it (QMP or SSH lost, a cancel for time, Ctrl-C): keep what was
+            # seen, so the summary has the migration with its timeline. Status: QEMU's last
+            # final one, else ``aborted`` (it never reached one that mdevtest saw).
+            if self._result is None:
+                info = dict(self._last_info)
+                if str(info.get("status")) not in FINAL_STATES:
+                    info["status"] = ABORTED
+                wall_ms = (time.monotonic() - started) * 1000
+                events = list(src.qmp.events[first_event:])  # kept by the client, no round trip
+                self._result = self._make_result(info, timeline, wall_ms, events)
+            raise
+
+    def _run(
+        self,
+        timeline: list[TimelinePoint],
+        started: float,
+        first_event: int,
+        cancel_when: Callable[[TimelinePoint], bool] | None,
+        on_point: Callable[[TimelinePoint], None] | None,
+    ) -> MigrationResult:
+        src, dst = self.source, self.destination
         src.qmp.execute("migrate", {"uri": self.uri})
         self._state = "running"
         deadline = started + self.policy.timeout_s
@@ -379,10 +407,12 @@ class Migrator:
     def _query_migrate(self) -> dict[str, Any]:
         """``query-migrate`` on the source; unanswered for ``stall_s``: yank, then ask again."""
         try:
-            return dict(self.source.qmp.execute("query-migrate", timeout=self.policy.stall_s))
+            info = dict(self.source.qmp.execute("query-migrate", timeout=self.policy.stall_s))
         except QmpTimedOut:
             self._yank(f"QMP did not answer query-migrate for {self.policy.stall_s:g} s")
-            return dict(self.source.qmp.execute("query-migrate", timeout=self.policy.stall_s))
+            info = dict(self.source.qmp.execute("query-migrate", timeout=self.policy.stall_s))
+        self._last_info = info
+        return info
 
     def _yank(self, why: str) -> None:
         """Shut the migration's connection down out of band (answered while the main loop is stuck)."""

@@ -257,6 +257,10 @@ def test_destination_host_dies_during_precopy(
         outcome = _last_outcome(request)
         assert outcome is not None
         assert outcome.failure_class == "infrastructure"
+        # the timeline up to the death is kept (the summary has the migration, status aborted
+        # or failed, with what was seen)
+        assert outcome.result is not None, "the migration left no result"
+        assert outcome.result.timeline, "the timeline before the host died was lost"
         assert lab.pending().get(pair.destination), "the dead host's cleanup was not recorded"
         where = assert_still_on_source(guest, source)
     finally:

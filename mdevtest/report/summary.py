@@ -8,8 +8,9 @@ see below); the entry is validated when it is built (:func:`migration_entry`,
 Readers (the terminal table, the baseline gate, ``mdevtest premerge``, ``mdevtest export``)
 parse with :func:`read_summary` / :func:`parse_summary` and use attributes, not dict keys.
 
-``schema_version`` is 2 (``vgpu.kind`` and ``vgpu.devices`` added for SR-IOV VFs; version 1 has
-the same shape without them). A file without it (written before it existed) is version 0, of
+``schema_version`` is 2 (``vgpu.kind`` and ``vgpu.devices`` added for SR-IOV VFs, and the
+``aborted`` status: a migration that ended without a final QEMU status now has an entry; version
+1 has the same shape without them). A file without it (written before it existed) is version 0, of
 version 1's shape; a file of a newer version is refused with a message naming both versions.
 Adding a key, or changing a key's type or meaning, raises the version.
 
@@ -80,8 +81,10 @@ Number = Annotated[StrictInt | StrictFloat, WithJsonSchema({"type": "number"})]
 Count = Annotated[int, Strict(), Field(ge=0)]
 #: A UTC time as ``2026-11-26T10:11:54Z``.
 UtcTime = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")]
-#: QEMU's final migration status (``query-migrate``); an entry exists only for a final one.
-MigrationStatus = Literal["completed", "failed", "cancelled"]
+#: QEMU's final migration status (``query-migrate``), or ``aborted``: the migration ended before
+#: QEMU reported a final status mdevtest saw (QMP or SSH lost, the controller interrupted; the
+#: entry's ``error`` says why, its timeline holds what was seen until then).
+MigrationStatus = Literal["completed", "failed", "cancelled", "aborted"]
 #: The test's outcome as pytest reported it; ``xfailed`` for a known issue, ``error`` when the
 #: test has no report (it did not get to run its body).
 Verdict = Literal["passed", "failed", "skipped", "xfailed", "error"]

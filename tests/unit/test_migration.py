@@ -12,6 +12,7 @@ from mdevtest.errors import (
     MigrationBlocked,
     MigrationFailed,
     MigrationTimedOut,
+    QmpError,
     QmpTimedOut,
     StateError,
 )
@@ -117,6 +118,36 @@ def test_timeout_cancels_and_requires_the_source_running() -> None:
     with pytest.raises(MigrationTimedOut, match="cancelled, source is running again"):
         _migrator(src, dst, timeout_s=0).run()
     assert "migrate_cancel" in [c for c, _ in src.qmp.sent]
+
+
+def test_a_timeout_keeps_the_timeline_with_the_cancelled_status() -> None:
+    src, dst = _pair([{"status": "none"}] + [{"status": "active"}] * 3 + [{"status": "cancelled"}])
+    migrator = _migrator(src, dst, timeout_s=0)
+    with pytest.raises(MigrationTimedOut):
+        migrator.run()
+    assert migrator.result.status == "cancelled"
+    assert [p.status for p in migrator.result.timeline] == ["active"]
+
+
+class DyingQmp(FakeQmp):
+    """The source's QMP connection breaks after two query-migrate replies."""
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, **kw: Any) -> Any:
+        if command == "query-migrate" and sum(c == "query-migrate" for c, _ in self.sent) >= 3:
+            raise QmpError("src", command, "connection lost")
+        return super().execute(command, arguments, **kw)
+
+
+def test_an_error_before_a_final_status_keeps_what_was_seen_as_aborted() -> None:
+    script = [{"status": "none"}, {"status": "setup"}, {"status": "active", "ram": {"remaining": 9}}]
+    src, dst = FakeMachine("src", DyingQmp(iter(script))), FakeMachine("dst", FakeQmp())
+    migrator = _migrator(src, dst)
+    with pytest.raises(QmpError, match="connection lost"):
+        migrator.run()
+    result = migrator.result
+    assert result.status == "aborted"
+    assert [p.status for p in result.timeline] == ["setup", "active"]
+    assert result.downtime_ms is None
 
 
 def test_result_before_run_is_a_state_error() -> None:
