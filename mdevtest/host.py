@@ -115,6 +115,51 @@ class HostFacts:
     dirty_tracking: DirtyTracking | None = None
 
 
+@dataclass(frozen=True)
+class KernelMigration:
+    """What the kernel says of one VFIO device's migration support (Linux 6.8+ debugfs:
+    ``/sys/kernel/debug/vfio/<device>/migration/state`` exists exactly when its driver
+    registered migration ops). ``supported`` None: the kernel cannot tell (no debugfs, an
+    older kernel, ``CONFIG_VFIO_DEBUGFS`` off); ``detail`` says what was seen."""
+
+    supported: bool | None
+    detail: str
+
+
+def parse_kernel_migration(device: str, output: str) -> KernelMigration:
+    """The reply of :func:`probe_kernel_migration`'s script."""
+    word, _, rest = output.strip().partition(" ")
+    where = f"/sys/kernel/debug/vfio/{device}"
+    if word == "yes":
+        return KernelMigration(True, f"{where}/migration present (state {rest or '?'})")
+    if word == "no":
+        return KernelMigration(
+            False,
+            f"{where} has no migration directory: its driver has no migration support in this kernel",
+        )
+    return KernelMigration(None, rest or "unknown")
+
+
+def probe_kernel_migration(remote: Remote, device: str) -> KernelMigration:
+    """Ask the kernel's VFIO debugfs whether ``device`` (an mdev UUID or a VF's PCI address,
+    as the kernel names it, bound to its VFIO driver) can migrate."""
+    q = shlex.quote(device)
+    script = f"""d=/sys/kernel/debug/vfio
+if [ ! -d /sys/kernel/debug ] || ! grep -q ' /sys/kernel/debug debugfs ' /proc/mounts; then
+  echo "unknown debugfs is not mounted at /sys/kernel/debug"
+elif [ ! -d "$d" ]; then
+  echo "unknown no $d (Linux < 6.8, or CONFIG_VFIO_DEBUGFS off)"
+elif [ -d "$d"/{q}/migration ]; then
+  echo "yes $(cat "$d"/{q}/migration/state 2>/dev/null)"
+elif [ -d "$d"/{q} ]; then
+  echo no
+else
+  echo "unknown no $d/{device} (the device is not registered with VFIO)"
+fi
+"""
+    return parse_kernel_migration(device, remote.check_shell(script, timeout=30).stdout)
+
+
 def probe_accel(remote: Remote) -> tuple[Accel, str]:
     """Decide KVM or TCG for this host.
 

@@ -459,4 +459,5 @@ def vgpu_entry(pair: HostPair, vgpus: dict[str, VgpuAllocation | None]) -> dict[
         "simulated": any(v.simulated for v in present),
         "mdev_uuids": ids if kind == "mdev" else {},
         "devices": ids,
+        "kernel_migration": {role: (v.kernel_migration if v else None) for role, v in vgpus.items()},
     }

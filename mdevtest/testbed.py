@@ -43,6 +43,9 @@ class VgpuAllocation:
     sysfs_path: str
     vendor: str
     simulated: bool
+    kernel_migration: str | None = None
+    """What the kernel's VFIO debugfs said of the device's migration support (``yes: ...``,
+    ``unknown: ...``); None where it was not asked (a simulated device)."""
 
     @property
     def kind(self) -> str:
@@ -317,16 +320,37 @@ class Testbed:
             return None
         self.flush_pending(host)  # a discarded machine's mdev there may have this very UUID
         if pair.vgpu.is_vf:
-            return self._allocate_vf(pair, host)
-        manager = self.mdevs(host, pair)
-        instance = manager.create(pair.vgpu.type, parent=pair.vgpu.parent, uuid=uuid, owner=self.run_id)
-        return VgpuAllocation(
-            host=host,
-            instance=instance,
-            sysfs_path=manager.sysfs_path(instance.uuid),
-            vendor=pair.vgpu.vendor,
-            simulated=get_profile(pair.vgpu.vendor).simulated,
-        )
+            vgpu = self._allocate_vf(pair, host)
+        else:
+            manager = self.mdevs(host, pair)
+            instance = manager.create(
+                pair.vgpu.type, parent=pair.vgpu.parent, uuid=uuid, owner=self.run_id
+            )
+            vgpu = VgpuAllocation(
+                host=host,
+                instance=instance,
+                sysfs_path=manager.sysfs_path(instance.uuid),
+                vendor=pair.vgpu.vendor,
+                simulated=get_profile(pair.vgpu.vendor).simulated,
+            )
+        return vgpu if vgpu.simulated else self._kernel_says(pair, vgpu)
+
+    def _kernel_says(self, pair: HostPair, vgpu: VgpuAllocation) -> VgpuAllocation:
+        """Ask the kernel whether the device can migrate (probed, not guessed from versions); a
+        device whose driver has none is released and the pair refused with the reason."""
+        from mdevtest.errors import PreflightFailed
+        from mdevtest.host import probe_kernel_migration
+
+        try:
+            said = probe_kernel_migration(self.remote(vgpu.host), vgpu.instance.uuid)
+        except MdevtestError as exc:
+            return replace(vgpu, kernel_migration=f"unknown: {exc}")
+        if said.supported is False:
+            with contextlib.suppress(MdevtestError):
+                self.release_vgpu(vgpu)
+            raise PreflightFailed(pair.id, [f"{vgpu.host}: {vgpu.describe()}: {said.detail}"])
+        word = "yes" if said.supported else "unknown"
+        return replace(vgpu, kernel_migration=f"{word}: {said.detail}")
 
     def _allocate_vf(self, pair: HostPair, host: str) -> VgpuAllocation:
         """Bind a free VF of the pair's PF on ``host`` (enabling VFs first if it has too few)."""

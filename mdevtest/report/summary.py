@@ -8,7 +8,7 @@ see below); the entry is validated when it is built (:func:`migration_entry`,
 Readers (the terminal table, the baseline gate, ``mdevtest premerge``, ``mdevtest export``)
 parse with :func:`read_summary` / :func:`parse_summary` and use attributes, not dict keys.
 
-``schema_version`` is 2 (``vgpu.kind`` and ``vgpu.devices`` added for SR-IOV VFs, and the
+``schema_version`` is 2 (``vgpu.kind``, ``vgpu.devices`` and ``vgpu.kernel_migration`` added, and the
 ``aborted`` status: a migration that ended without a final QEMU status now has an entry; version
 1 has the same shape without them). A file without it (written before it existed) is version 0, of
 version 1's shape; a file of a newer version is refused with a message naming both versions.
@@ -156,6 +156,12 @@ class VgpuEntry(_Model):
     devices: dict[Literal["source", "destination"], str | None] = Field(
         default_factory=dict,
         description="The VFIO device on each side: the mdev's UUID or the VF's PCI address.",
+    )
+    kernel_migration: dict[Literal["source", "destination"], str | None] = Field(
+        default_factory=dict,
+        description="What each side's kernel said of the device's migration support (VFIO "
+        "debugfs, Linux 6.8+): ``yes: ...`` or ``unknown: ...`` with why; None for a simulated "
+        "device (not asked).",
     )
 
 

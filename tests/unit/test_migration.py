@@ -196,3 +196,16 @@ def test_a_stuck_source_is_yanked_out_of_band_and_resumes() -> None:
     assert "QMP did not answer query-migrate" in str(stuck.value)
     assert "source is running again" in str(stuck.value)
     assert ("yank", {"instances": [{"type": "migration"}]}) in src.qmp.sent
+
+
+def test_the_kernel_says_whether_a_vfio_device_can_migrate() -> None:
+    from mdevtest.host import parse_kernel_migration
+
+    yes = parse_kernel_migration("83b8f4f2", "yes 1\n")
+    assert yes.supported is True
+    assert "migration present (state 1)" in yes.detail
+    no = parse_kernel_migration("0000:03:00.1", "no\n")
+    assert no.supported is False
+    assert "/sys/kernel/debug/vfio/0000:03:00.1 has no migration directory" in no.detail
+    unknown = parse_kernel_migration("x", "unknown debugfs is not mounted at /sys/kernel/debug\n")
+    assert (unknown.supported, unknown.detail) == (None, "debugfs is not mounted at /sys/kernel/debug")

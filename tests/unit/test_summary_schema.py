@@ -89,7 +89,11 @@ def fixture_outcome() -> MigrationOutcome:
         destination="host-b",
         vgpu=SimpleNamespace(vendor="mtty", type="mtty-2", parent="mtty", is_vf=False),
     )
-    vgpu = SimpleNamespace(instance=SimpleNamespace(uuid="83b8f4f2", parent="mtty"), simulated=False)
+    vgpu = SimpleNamespace(
+        instance=SimpleNamespace(uuid="83b8f4f2", parent="mtty"),
+        simulated=False,
+        kernel_migration="unknown: no /sys/kernel/debug/vfio",
+    )
     outcome = MigrationOutcome(pair, None, None, result())  # type: ignore[arg-type]
     heartbeat = CheckResult("heartbeat", "failed", {"late": 3}, "udp", "late heartbeats", 1.25)
     outcome.check_results = {
@@ -158,6 +162,7 @@ def test_an_entry_is_byte_for_byte_what_was_written_before_the_model() -> None:
         # schema version 2: mdev or VF, and the device ids whatever the kind
         "kind": "mdev",
         "devices": {"source": "83b8f4f2", "destination": None},
+        "kernel_migration": {"source": "unknown: no /sys/kernel/debug/vfio", "destination": None},
     }
 
 
