@@ -7,6 +7,7 @@ migration address. The answer pins ``failure_class`` on the error and adds the f
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -82,11 +83,28 @@ def diagnose(
     elif alive:
         try:
             destination.qmp.execute("query-status", timeout=3)
+            incoming = destination.qmp.execute("query-migrate", timeout=3)
         except MdevtestError:
             infra = True
             findings.append(
                 f"destination QEMU ({destination.label}) does not answer QMP (stopped or hung)"
             )
+        else:
+            # a destination kept up after a failed load (exit-on-error off, QEMU 9.1+) says why
+            # itself; its log has QEMU's lines on the section that was refused
+            if str(incoming.get("status")) == "failed":
+                desc = str(incoming.get("error-desc") or "no error-desc")
+                with contextlib.suppress(MdevtestError):
+                    refused = load_error(destination.log_tail(30))
+                if refused is None and _DEVICE_REFUSED.search(desc):
+                    refused = desc
+                if refused is not None:
+                    findings.append(f"the destination refused the device state: {refused} ({desc})")
+                elif cancelled:
+                    findings.append("the destination's load ended with the cancel (expected)")
+                else:  # the stream broke (a source that died, a link): not the device's verdict
+                    infra = True
+                    findings.append(f"the destination's load failed, no device refused: {desc}")
     try:
         probe = source_remote.run(["ping", "-c", "1", "-W", "2", route.migration_address], timeout=15)
         reached = probe.rc == 0

@@ -245,11 +245,16 @@ class Migrator:
         *,
         uri: str,
         policy: MigrationPolicy | None = None,
+        keep_failed_destination: bool = False,
     ) -> None:
+        """``keep_failed_destination``: the destination's QEMU takes ``exit-on-error`` (9.1+):
+        it is told to stay up when loading the state fails, so its own ``query-migrate`` says
+        why (:func:`mdevtest.diagnose.diagnose` asks it)."""
         self.source = source
         self.destination = destination
         self.uri = uri
         self.policy = policy or MigrationPolicy()
+        self.keep_failed_destination = keep_failed_destination
         self._state = "new"
         self._yanked: str | None = None  # why the migration was yanked (stuck source), if it was
         self._result: MigrationResult | None = None
@@ -294,7 +299,10 @@ class Migrator:
             raise MigrationBlocked(
                 f"{self.source.label}: migration is blocked: {'; '.join(map(str, blocked))}"
             )
-        self.destination.qmp.execute("migrate-incoming", {"uri": self.uri})
+        incoming: dict[str, Any] = {"uri": self.uri}
+        if self.keep_failed_destination:
+            incoming["exit-on-error"] = False
+        self.destination.qmp.execute("migrate-incoming", incoming)
         self._state = "prepared"
 
     def run(

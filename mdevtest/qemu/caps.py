@@ -65,6 +65,9 @@ class QemuCaps:
     nohotplug_properties: frozenset[str] | None = None
     machine_types: frozenset[str] = frozenset()
     """The machine types ``-machine help`` lists (aliases included); empty: not probed."""
+    incoming_exit_on_error: bool = False
+    """``migrate-incoming`` takes ``exit-on-error`` (QEMU 9.1+): with it off, a destination
+    that fails to load the state stays up and says why in its own ``query-migrate``."""
 
     @property
     def q35_versions(self) -> list[tuple[int, int]]:
@@ -147,6 +150,7 @@ class QemuCaps:
             "migrate-set-capabilities", "capabilities", "capability"
         )
         formats = schema.command_member_enum("screendump", "format")
+        incoming = schema.command_arguments("migrate-incoming")
         return cls(
             version=version,
             vfio_migration_prop=prop,
@@ -156,6 +160,7 @@ class QemuCaps:
             migration_capabilities=frozenset(capabilities),
             nohotplug_properties=None if nohotplug is None else frozenset(parse_device_help(nohotplug)),
             machine_types=parse_machine_help(machine_help_text),
+            incoming_exit_on_error="exit-on-error" in incoming,
         )
 
 
@@ -303,6 +308,14 @@ class _Schema:
                     found = self.by_name.get(str(found.get("element-type")))
                 return found
         return None
+
+    def command_arguments(self, command: str) -> set[str]:
+        """The names of ``command``'s arguments (empty when it has none or does not exist)."""
+        cmd = self.by_name.get(command)
+        if cmd is None or cmd.get("meta-type") != "command":
+            return set()
+        args = self.by_name.get(str(cmd.get("arg-type")))
+        return {str(m.get("name")) for m in (args or {}).get("members", ())}
 
     def command_member_enum(self, command: str, *path: str) -> set[str]:
         """The enum values at ``command``'s argument ``path[0]`` -> ``path[1]`` -> ..."""

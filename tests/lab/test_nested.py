@@ -189,8 +189,14 @@ def test_port_count_mismatch_is_refused(nested: Inventory) -> None:
                 time.sleep(1)
             destination = testbed.start_destination(wrong, source)
             before_log = source.serial_log()
+            caps = testbed.facts(pair.destination).qemu_caps
+            assert caps.incoming_exit_on_error, caps.version_text  # the nested hosts' QEMU 10.0
             migrator = Migrator(
-                source, destination, uri=testbed.migration_uri(pair), policy=MigrationPolicy(600)
+                source,
+                destination,
+                uri=testbed.migration_uri(pair),
+                policy=MigrationPolicy(600),
+                keep_failed_destination=True,  # as migrate() has it on QEMU 9.1+
             )
             with pytest.raises(MigrationFailed) as failed:
                 migrator.run()
@@ -201,7 +207,10 @@ def test_port_count_mismatch_is_refused(nested: Inventory) -> None:
             qemu_log = destination.log_tail(40)
             assert re.search(r"error while loading state section id \d+\(\S+/vfio\)", qemu_log), qemu_log
             # ... which the diagnosis pins on the product (the driver refused the state), with
-            # QEMU's own words, as migrate() reports it
+            # QEMU's own words, as migrate() reports it; the destination stayed up to say so
+            assert destination.is_alive(), destination.log_tail(20)
+            incoming = destination.qmp.execute("query-migrate")
+            assert incoming.get("status") == "failed", incoming
             found = diagnose(pair, testbed.remote(pair.source), destination)
             pin(failed.value, found)
             assert classify(failed.value) == "product", found

@@ -25,10 +25,14 @@ qemu-system-x86_64: load of migration failed: Bad address
 @dataclass
 class FakeQmp:
     answers: bool = True
+    incoming: dict[str, Any] = field(default_factory=lambda: {"status": "active"})
+    """The destination's own query-migrate (a kept-up destination's, QEMU 9.1+)."""
 
     def execute(self, cmd: str, args: Any = None, *, timeout: float = 0) -> Any:
         if not self.answers:
             raise QmpTimedOut("host-b/in1", cmd, "no answer")
+        if cmd == "query-migrate":
+            return self.incoming
         return {"status": "inmigrate"}
 
 
@@ -105,6 +109,47 @@ def test_a_hung_destination_is_infrastructure() -> None:
     found = run(FakeMachine(alive=True, qmp=FakeQmp(answers=False)))
     assert found.failure_class == "infrastructure"
     assert "does not answer QMP" in found.text()
+
+
+FAILED_LOAD = {"status": "failed", "error-desc": "load of migration failed: Bad address"}
+
+
+def test_a_kept_up_destination_that_refused_the_state_is_the_products() -> None:
+    """exit-on-error off (QEMU 9.1+): the destination stays up; its log and its own
+    query-migrate say that the device refused the state."""
+    found = run(FakeMachine(alive=True, log=REFUSED, qmp=FakeQmp(incoming=FAILED_LOAD)))
+    assert found.failure_class == "product"
+    assert "refused the device state: " in found.text()
+    assert "section id 2(0000:00:03.0/vfio)" in found.text()
+    assert "(load of migration failed: Bad address)" in found.text()
+
+
+def test_a_kept_up_destination_whose_stream_broke_is_infrastructure() -> None:
+    broke = {"status": "failed", "error-desc": "load of migration failed: Input/output error"}
+    found = run(FakeMachine(alive=True, log="", qmp=FakeQmp(incoming=broke)))
+    assert found.failure_class == "infrastructure"
+    assert "no device refused: load of migration failed: Input/output error" in found.text()
+    cancelled = run(FakeMachine(alive=True, qmp=FakeQmp(incoming=broke)), cancelled=True)
+    assert cancelled.failure_class == "product"
+    assert "ended with the cancel (expected)" in cancelled.text()
+
+
+def test_migrate_incoming_exit_on_error_is_read_from_the_schema() -> None:
+    from mdevtest.qemu.caps import QemuCaps
+
+    # query-qmp-schema's layout (masked type names), constructed: the captured 7.2 and the
+    # trimmed 8.2/9.1 files have no migrate-incoming; the nested lab checks QEMU 10.0's own
+    def schema(*args: str) -> list[dict[str, Any]]:
+        return [
+            {"name": "migrate-incoming", "meta-type": "command", "arg-type": "17"},
+            {"name": "17", "meta-type": "object",
+             "members": [{"name": a, "type": "str"} for a in args]},
+        ]  # fmt: skip
+
+    version = {"qemu": {"major": 10, "minor": 0, "micro": 0}}
+    assert QemuCaps.from_probe(version, "", schema("uri", "exit-on-error")).incoming_exit_on_error
+    assert not QemuCaps.from_probe(version, "", schema("uri")).incoming_exit_on_error
+    assert not QemuCaps.from_probe(version, "", []).incoming_exit_on_error
 
 
 def test_pin_puts_the_class_on_any_error_and_in_its_message() -> None:

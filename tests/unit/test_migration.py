@@ -209,3 +209,18 @@ def test_the_kernel_says_whether_a_vfio_device_can_migrate() -> None:
     assert "/sys/kernel/debug/vfio/0000:03:00.1 has no migration directory" in no.detail
     unknown = parse_kernel_migration("x", "unknown debugfs is not mounted at /sys/kernel/debug\n")
     assert (unknown.supported, unknown.detail) == (None, "debugfs is not mounted at /sys/kernel/debug")
+
+
+def test_a_destination_kept_up_on_error_is_told_so_in_migrate_incoming() -> None:
+    src, dst = _pair([{"status": "none"}, {"status": "failed", "error-desc": "x"}])
+    migrator = Migrator(
+        cast(RemoteMachine, src),
+        cast(RemoteMachine, dst),
+        uri="tcp:198.18.1.12:4444",
+        policy=MigrationPolicy(poll_interval_s=0),
+        keep_failed_destination=True,
+    )
+    with pytest.raises(MigrationFailed):
+        migrator.run()
+    incoming = [a for c, a in dst.qmp.sent if c == "migrate-incoming"]
+    assert incoming == [{"uri": "tcp:198.18.1.12:4444", "exit-on-error": False}]
