@@ -168,6 +168,23 @@ def test_nvidia_line_exists_in_this_qemu(version: str) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("vendor", ["xe-sriov", "nvidia-vfio", "vfio-variant"])
+def test_sriov_vf_line_exists_in_this_qemu(version: str, vendor: str) -> None:
+    """A VF goes to QEMU as plain vfio-pci by its sysfs path, with the migration property."""
+    from mdevtest.vendors import get_profile
+
+    c = Captured(version)
+    vf = "/sys/bus/pci/devices/0000:03:00.1"
+    args = get_profile(vendor).qemu_device_args(vf, c.caps())
+    assert assert_all_exist(args[1], c) == "vfio-pci"
+    # a comma-free path; the migration property this QEMU has (7.2: x-enable-migration)
+    assert args[1].startswith(f"vfio-pci,id=vgpu0,sysfsdev={vf}")
+    assert c.caps().vfio_migration_options()[0] in args[1]
+    assert get_profile(f"sim-{vendor}" if vendor != "vfio-variant" else "sim-xe-sriov") \
+        .qemu_device_args(vf, c.caps()) == []  # fmt: skip
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_dirty_tracking_option_is_checked_too(version: str) -> None:
     """The host's dirty-tracking option (``extra``) goes through the same check: 7.2 lacks it."""
     c = Captured(version)
