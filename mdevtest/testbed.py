@@ -631,10 +631,14 @@ class Testbed:
         return machine
 
     def reverse(self, pair: HostPair) -> HostPair:
-        """The inventory's pair that leads back (destination -> source), for round trips."""
+        """The inventory's pair that leads back (destination -> source), for round trips, with
+        ``pair``'s vGPU: a guest keeps its device type both ways (an inventory may give each
+        direction another vGPU for the tests that start there)."""
         for candidate in self.inventory.pairs:
             if (candidate.source, candidate.destination) == (pair.destination, pair.source):
-                return candidate
+                if candidate.vgpu == pair.vgpu:
+                    return candidate
+                return candidate.model_copy(update={"vgpu": pair.vgpu})
         raise MachineError(
             f"{pair.id}: the inventory has no pair {pair.destination}->{pair.source} to migrate back "
             "over; add it (with the source's migration address)"

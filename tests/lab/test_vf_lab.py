@@ -1,6 +1,7 @@
 """The basic suite through SR-IOV VFs: a simulated Intel Xe VF (xe-vfio-pci) one way, a simulated
-NVIDIA vendor-VFIO VF (vGPU type 1156) the other, run through the installed plugin as a user runs
-it; the PFs are back as found afterwards (VF count, autoprobe), no VF left bound."""
+NVIDIA vendor-VFIO VF (vGPU type 1156) the other, and a ping-pong round trip with the Xe VF (the
+guest keeps its VF type on the way back), run through the installed plugin as a user runs it;
+the PFs are back as found afterwards (VF count, autoprobe), no VF left bound."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def test_basic_suite_through_simulated_xe_and_nvidia_vfs(
     reports = tmp_path / "reports"
     result = pytester.runpytest_subprocess(
         str(REPO / "suites" / "test_migration_basic.py"),
+        str(REPO / "suites" / "test_ping_pong.py") + "::test_ping_pong[host-a->host-b-xe-vf-auto]",
         "--rootdir", str(REPO),
         "--inventory", str(REPO / "inventory" / "local-lab-vf.yaml"),
         "--mdevtest-report-dir", str(reports),
@@ -35,14 +37,18 @@ def test_basic_suite_through_simulated_xe_and_nvidia_vfs(
         [
             "*test_live_migration?host-a->host-b-xe-vf-auto? PASSED*",
             "*test_live_migration?host-b->host-a-vgpu-1156? PASSED*",
+            "*test_ping_pong?host-a->host-b-xe-vf-auto? PASSED*",
         ],
         consecutive=False,
     )
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
 
     summary = json.loads((reports / "summary.json").read_text())
-    by_pair = {e["pair"]: e for e in summary["migrations"]}
-    xe, nv = by_pair["host-a->host-b"]["vgpu"], by_pair["host-b->host-a"]["vgpu"]
+    basic = {e["pair"]: e for e in summary["migrations"] if "test_live_migration" in e["test_id"]}
+    xe, nv = basic["host-a->host-b"]["vgpu"], basic["host-b->host-a"]["vgpu"]
+    legs = [e for e in summary["migrations"] if "test_ping_pong" in e["test_id"]]
+    assert [e["pair"] for e in legs] == ["host-a->host-b", "host-b->host-a"]
+    assert {e["vgpu"]["vendor"] for e in legs} == {"sim-xe-sriov"}  # the same VF type back
     assert (xe["vendor"], xe["kind"], xe["parent"], xe["simulated"]) == (
         "sim-xe-sriov", "vf", "0000:03:00.0", True,
     )  # fmt: skip

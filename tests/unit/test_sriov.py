@@ -155,3 +155,18 @@ def test_a_pf_that_is_not_one_is_named(host: tuple[VfManager, SimulatedSysfs]) -
         vfs.pf_state("0000:09:00.0")
     with pytest.raises(MdevError, match="not valid"):
         vfs.pf_state("03:00.0; rm -rf /")
+
+
+def test_a_round_trip_keeps_the_guests_vgpu_on_the_way_back() -> None:
+    """local-lab-vf.yaml gives each direction another VF vendor; the guest keeps its own."""
+    from mdevtest.data import data_dir
+    from mdevtest.inventory import load_inventory
+    from mdevtest.testbed import Testbed
+
+    inv = load_inventory(data_dir("inventory") / "local-lab-vf.yaml")
+    there, back = inv.pairs
+    with Testbed(inv) as lab:  # connects lazily: nothing is reached here
+        route = lab.reverse(there)
+    assert (route.source, route.destination) == ("host-b", "host-a")
+    assert route.migration_address == back.migration_address
+    assert route.vgpu == there.vgpu != back.vgpu
