@@ -107,11 +107,16 @@ def diagnose(
                     findings.append(f"the destination's load failed, no device refused: {desc}")
     try:
         probe = source_remote.run(["ping", "-c", "1", "-W", "2", route.migration_address], timeout=15)
-        reached = probe.rc == 0
+        reached: bool | None = probe.rc == 0 if probe.rc != 127 else None
         why = f"ping rc={probe.rc}"
     except MdevtestError as exc:
         reached, why = False, f"{route.source} unreachable over SSH: {exc}"
-    if not reached:
+    if reached is None:  # no ping on the host (rc 127): not a finding against the lab
+        findings.append(
+            f"the migration address {route.migration_address} was not checked: {route.source} "
+            "has no ping"
+        )
+    elif not reached:
         infra = True
         address = route.migration_address
         findings.append(f"{route.source} cannot reach the migration address {address} ({why})")

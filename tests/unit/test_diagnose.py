@@ -105,6 +105,14 @@ def test_unreachable_hosts_are_infrastructure_and_never_raise() -> None:
     assert "host-a cannot reach the migration address" in found.text()
 
 
+def test_a_host_without_ping_is_not_taken_for_unreachable() -> None:
+    """The nested lab's hosts have no ping (rc 127): that says nothing about the link."""
+    found = run(FakeMachine(alive=False, log=REFUSED), FakeRemote(ping_rc=127))
+    assert found.failure_class == "product"
+    assert "cannot reach" not in found.text()
+    assert "was not checked: host-a has no ping" in found.text()
+
+
 def test_a_hung_destination_is_infrastructure() -> None:
     found = run(FakeMachine(alive=True, qmp=FakeQmp(answers=False)))
     assert found.failure_class == "infrastructure"
