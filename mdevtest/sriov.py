@@ -238,12 +238,18 @@ done
 
     def restore(self, pf: str) -> str | None:
         """Put the PF's VF count and autoprobe back as :meth:`provision` found them; None when
-        there is nothing to restore, else what was done. Raises when a VF is still in use."""
+        there is nothing to restore, else what was done. While a VF of the PF is still in the
+        ownership record (another test process, a dead run before its reaping) nothing is done
+        and the note says so. Raises when the kernel refuses (a VF still in use)."""
         if self.state_dir is None:
             return None
         saved = [r for r in self._restore_lines() if r[0] == pf]
         if not saved:
             return None
+        bound = [r for r in self.records() if r.parent == pf]
+        if bound:  # another test process of the run (xdist), or a run that died: last one out
+            owners = ", ".join(sorted({r.owner for r in bound}))
+            return f"PF {pf}: not restored yet: {len(bound)} VF(s) still bound (owners {owners})"
         _, count, autoprobe = saved[0]
         d = shlex.quote(self.device_dir(pf))
         script = f"""LC_ALL=C; export LC_ALL
@@ -289,7 +295,9 @@ echo {autoprobe} > {d}/sriov_drivers_autoprobe || exit 3
         free = [
             v
             for v in state.vfs
-            if v.address not in taken and not v.vgpu_type and v.driver in (None, state.driver, driver)
+            # unbound, or with the host driver: a VF already bound to a VFIO driver that is not
+            # in our record belongs to someone else's VM
+            if v.address not in taken and not v.vgpu_type and v.driver in (None, state.driver)
         ]
         if not free:
             raise MdevError(
