@@ -262,7 +262,7 @@ class LocalLab:
             wiring = [(h.mgmt_link, "mgmt0", MGMT_BRIDGE, h.mgmt_address)]
             if h.mig_address is not None:
                 wiring.append((h.mig_link, "mig0", MIG_BRIDGE, h.mig_address))
-            found = [f"{h.name}: {r}" for r in _repair_link(h.netns, "lo", up=True)]
+            found = [f"{h.name}: {r}" for r in _repair_link(h.netns, "lo", up=True, mtu=None)]
             for outer, inner, bridge, addr in wiring:
                 found += [f"{h.name}: {r}" for r in _repair_link(None, outer, master=bridge)]
                 found += [

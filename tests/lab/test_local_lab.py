@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import sys
 from pathlib import Path
@@ -77,7 +79,11 @@ def test_up_undoes_faults_a_killed_run_left(lab: Testbed) -> None:
     assert f"repaired: {b.name}: mig0 (in {b.netns}) had MTU 1280: set to 1500" in text
     assert f"repaired: {a.name}: mig0 (in {a.netns}) was down: set up" in text
     assert f"repaired: {b.name}: mig0 (in {b.netns}) had lost {b.mig_address}/24: added" in text
+    assert "lo (in" not in text, text  # the loopback keeps its own MTU (65536): nothing to repair
     assert local.repair() == []  # nothing left to repair
+    for h in (a, b):
+        lo = json.loads(sh(["ip", "-n", h.netns, "-j", "link", "show", "lo"]))[0]
+        assert lo["mtu"] == 65536, lo
     # the repaired migration network carries traffic again, both ways
     for h, peer in ((a, b), (b, a)):
         sh(["ip", "netns", "exec", h.netns, "ping", "-c", "1", "-W", "2", str(peer.mig_address)])
