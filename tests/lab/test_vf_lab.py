@@ -29,6 +29,7 @@ def test_basic_suite_through_simulated_xe_and_nvidia_vfs(
         "--rootdir", str(REPO),
         "--inventory", str(REPO / "inventory" / "local-lab-vf.yaml"),
         "--mdevtest-report-dir", str(reports),
+        "--mdevtest-round-trips", "1",
         "-p", "no:cacheprovider",
         "-v",
         timeout=1200,
