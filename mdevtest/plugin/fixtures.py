@@ -203,8 +203,12 @@ def last_outcome(node: pytest.Item) -> MigrationOutcome | None:
 
 
 @pytest.fixture
-def migration_policy(request: pytest.FixtureRequest, lab: Testbed, pair: HostPair) -> MigrationPolicy:
-    """The test's policy: ``@pytest.mark.policy(...)`` over the inventory's limits.
+def migration_policy(
+    request: pytest.FixtureRequest, lab: Testbed, pair: HostPair, migration_limits: Limits
+) -> MigrationPolicy:
+    """The test's policy: ``@pytest.mark.policy(...)``; its time limit the policy's
+    ``timeout_s``, else the test's limits' ``migration_timeout_s`` (``@pytest.mark.limits``, the
+    vGPU profile's, the inventory's: :func:`migration_limits`).
 
     A capability the source's QEMU lacks skips the test, naming the QEMU version.
     """
@@ -212,7 +216,7 @@ def migration_policy(request: pytest.FixtureRequest, lab: Testbed, pair: HostPai
 
     marker = request.node.get_closest_marker("policy")
     options = dict(marker.kwargs) if marker else {}
-    options.setdefault("timeout_s", lab.inventory.limits.migration_timeout_s)
+    options.setdefault("timeout_s", migration_limits.migration_timeout_s)
     policy = MigrationPolicy.from_options(**options)  # validated at collection already
     caps = lab.facts(pair.source).qemu_caps
     missing = policy.unsupported(caps.migration_capabilities)

@@ -274,3 +274,38 @@ def test_the_migration_table_shows_what_ran_and_names_required_checks_skipped(
             "required check ram-integrity skipped: no synthetic workload",
         ]
     )
+
+
+POLICY_TIMEOUT_TEST = """
+import pytest
+from types import SimpleNamespace
+
+@pytest.fixture
+def lab(request):  # stands in for the real lab: the facts migration_policy asks for
+    from mdevtest.plugin.hooks import state_of
+    caps = SimpleNamespace(migration_capabilities=frozenset({"events"}), version_text="7.2.0")
+    return SimpleNamespace(inventory=state_of(request.config).inventory,
+                           facts=lambda host: SimpleNamespace(qemu_caps=caps))
+
+def test_inventory_default(migration_policy):
+    assert migration_policy.timeout_s == 120
+
+@pytest.mark.limits(migration_timeout_s=7)
+def test_limits_marker(migration_policy):
+    assert migration_policy.timeout_s == 7
+
+@pytest.mark.limits(migration_timeout_s=7)
+@pytest.mark.policy(timeout_s=3)
+def test_policy_marker_wins(migration_policy):
+    assert migration_policy.timeout_s == 3
+"""
+
+
+def test_the_migration_timeout_comes_from_the_tests_limits(pytester: pytest.Pytester) -> None:
+    """``@pytest.mark.limits(migration_timeout_s=...)`` bounds the migration (it used to be
+    validated and then ignored for the inventory's value)."""
+    pytester.makepyfile(POLICY_TIMEOUT_TEST)
+    result = pytester.runpytest(
+        "--inventory", str(LOCAL_LAB), "--mdevtest-pairs", "host-a->host-b", "-p", "no:cacheprovider"
+    )
+    result.assert_outcomes(passed=3)
