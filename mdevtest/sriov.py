@@ -268,6 +268,19 @@ echo {autoprobe} > {d}/sriov_drivers_autoprobe || exit 3
             )
         return f"PF {pf}: {count} VFs, autoprobe {autoprobe} (as before the run)"
 
+    def restore_left(self, *, keep: set[str]) -> list[str]:
+        """Restore every PF a run recorded for restoring and did not (it died), except those in
+        ``keep`` (this session's own, restored at its close); what was done, one line each.
+        A PF with a VF still in the record is left for later (see :meth:`restore`)."""
+        if self.state_dir is None:
+            return []
+        done = []
+        for pf in sorted({r[0] for r in self._restore_lines()} - keep):
+            note = self.restore(pf)
+            if note is not None and "not restored yet" not in note:
+                done.append(f"{note}; left by a run that ended without restoring it")
+        return done
+
     def _restore_lines(self) -> list[tuple[str, str, str]]:
         assert self.state_dir is not None
         rec = posixpath.join(self.state_dir, RESTORE_NAME)

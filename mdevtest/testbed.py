@@ -148,7 +148,11 @@ class Testbed:
         mdevs = [f"mdev {u}" for u in self.mdevs(host).reap(keep_owner=self.run_id)]
         vfs: list[str] = []
         if self.remote(host).host.state_dir is not None:
-            vfs = [f"VF {a}" for a in self.vfs(host).reap(keep_owner=self.run_id)]
+            manager = self.vfs(host)
+            vfs = [f"VF {a}" for a in manager.reap(keep_owner=self.run_id)]
+            with self._lock:
+                ours = {pf for h, pf in self._provisioned if h == host}
+            vfs += manager.restore_left(keep=ours)  # PFs a dead run left with VFs enabled
         return done + left + mdevs + vfs
 
     def reap(self) -> dict[str, list[str]]:

@@ -184,3 +184,20 @@ def test_a_vf_someone_else_bound_to_vfio_is_left_alone(host: tuple[VfManager, Si
     assert vfs.pf_state(XE).vf("0000:03:00.1").driver == "xe-vfio-pci"  # type: ignore[union-attr]
     mine = vfs.allocate(XE, driver="xe-vfio-pci", owner="run1")
     assert mine.uuid == "0000:03:00.2"
+
+
+@needs_fuse
+def test_a_pf_a_dead_run_left_is_restored_by_the_next_reaper(
+    host: tuple[VfManager, SimulatedSysfs],
+) -> None:
+    vfs, _ = host
+    vfs.allocate(XE, driver="xe-vfio-pci", owner="dead-run", vfs=3)  # ... and then it died
+    assert vfs.restore_left(keep=set()) == []  # its VF is still bound: not yet
+    assert vfs.reap(keep_owner="next-run") == ["0000:03:00.1"]
+    assert vfs.restore_left(keep={XE}) == []  # a PF of this session's own: its close does it
+    assert vfs.restore_left(keep=set()) == [
+        "PF 0000:03:00.0: 0 VFs, autoprobe 1 (as before the run); left by a run that ended "
+        "without restoring it"
+    ]
+    state = vfs.pf_state(XE)
+    assert (state.num_vfs, state.autoprobe) == (0, True)
