@@ -27,6 +27,7 @@ from mdevtest.qemu.caps import QemuCaps
 from mdevtest.vendors.base import (
     ALL_CHECKS,
     COMMON_TROUBLE,
+    VGPU_DEVICE_ID,
     CaptureMethod,
     HostCheck,
     TypeInfo,
@@ -112,7 +113,8 @@ class MttyProfile(VendorProfile):
     def qemu_device_args(
         self, sysfs_path: str, qemu_caps: QemuCaps, *, extra: Sequence[str] = ()
     ) -> list[str]:
-        options = [*qemu_caps.vfio_migration_options(), *extra]
+        options = [f"id={VGPU_DEVICE_ID}", *qemu_caps.vfio_migration_options(), *extra]
+        qemu_caps.check_device_options("vfio-pci", options)
         return ["-device", vfio_pci_device(sysfs_path, options)]
 
 

@@ -9,6 +9,8 @@ cache or are built, cold about 2-3 min) and takes it down at the end if it broug
 - a UEFI disk guest with qemu-guest-agent (``inventory/nested-mtty-uefi.yaml``, the same lab):
   the probe agent deployed through the agent, its RAM/DMA/device-memory/device-state checks
   and mtty's pass across a migration;
+- QEMU 10.0 takes every ``-device`` line the vendor profiles build from its probed capabilities
+  (each fails only where the device is opened: there is no GVT-g/NVIDIA/Xe device here);
 - the negative case on the real driver: the destination has an ``mtty-1`` (one port) where the
   source has an ``mtty-2``; the destination rejects the device state, the migration fails (the
   diagnosis classes it ``product``, quoting QEMU's words on the refused VFIO section), and the
@@ -172,6 +174,44 @@ def test_a_uefi_disk_guest_with_the_agent_migrates_with_every_probe_check(
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert m["coverage"]["missing_required"] == []
     assert "graphics" in m["coverage"]["skipped"]  # mtty has no display of its own
+
+
+def test_qemu_10_accepts_every_device_line(nested: Inventory) -> None:
+    """QEMU 10.0 (the nested hosts') takes every ``-device`` line the vendor profiles build from
+    its own probed capabilities: each fails only at realize (no such device here), never at an
+    unknown property or value (see tests/lab/test_device_lines.py for 7.2)."""
+    from mdevtest.vendors import get_profile
+    from mdevtest.vendors.gvt import GvtProfile
+
+    mdev = "/sys/bus/mdev/devices/83b8f4f2-0000-4000-8000-000000000001"
+    vf = "/sys/bus/pci/devices/0000:03:00.1"
+    lines = [
+        ("gvt display", GvtProfile(display=True), mdev),
+        ("gvt plain", GvtProfile(display=False), mdev),
+        ("nvidia", get_profile("nvidia"), mdev),
+        ("mtty", get_profile("mtty"), mdev),
+        ("xe-sriov", get_profile("xe-sriov"), vf),
+        ("nvidia-vfio", get_profile("nvidia-vfio"), vf),
+    ]
+    with Testbed(nested) as testbed:
+        host = nested.hosts[0].name
+        caps = testbed.facts(host).qemu_caps
+        assert caps.version[:2] == (10, 0), caps.version_text
+        remote = testbed.remote(host)
+        extra = ["x-device-dirty-page-tracking=off"]
+        for label, profile, path in lines:
+            args = profile.qemu_device_args(path, caps, extra=extra)
+            at = args.index("-device")  # -display egl-headless needs a GPU to open, not to parse
+            device = args[at : at + 2]
+            argv = [remote.host.qemu_binary, "-machine", "q35", "-nodefaults", "-display", "none",
+                    "-S", *device]  # fmt: skip
+            result = remote.run(argv, timeout=60)
+            said = f"{label}: {device}\n{result.stderr}"
+            assert result.rc != 0, f"{label}: QEMU started without a device behind {path}?"
+            assert "Property '" not in result.stderr, said  # an unknown property
+            assert "does not accept" not in result.stderr, said  # a bad value
+            assert path in result.stderr, said  # it got as far as opening the device
+            assert re.search(r"no such host device|No such file or directory", result.stderr), said
 
 
 def test_port_count_mismatch_is_refused(nested: Inventory) -> None:

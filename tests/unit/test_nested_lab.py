@@ -135,7 +135,7 @@ def test_mtty_device_gets_the_off_mode_options() -> None:
     )
     assert args == [
         "-device",
-        "vfio-pci,sysfsdev=/sys/bus/mdev/devices/u,enable-migration=on,x-device-dirty-page-tracking=off",
+        "vfio-pci,sysfsdev=/sys/bus/mdev/devices/u,id=vgpu0,enable-migration=on,x-device-dirty-page-tracking=off",
     ]
 
 

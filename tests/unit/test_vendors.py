@@ -345,14 +345,18 @@ def test_mtty_and_nvidia_device_args() -> None:
     # mtty's device line is what the embedded nested lab runs: unchanged, byte for byte
     mtty = MttyProfile()
     assert mtty.qemu_device_args(PATH, caps("7.2")) == [
-        "-device", f"vfio-pci,sysfsdev={PATH},x-enable-migration=on",
+        "-device", f"vfio-pci,sysfsdev={PATH},id=vgpu0,x-enable-migration=on",
     ]  # fmt: skip
     args = mtty.qemu_device_args(PATH, caps("9.1"), extra=["x-device-dirty-page-tracking=off"])
     assert args == [
-        "-device", f"vfio-pci,sysfsdev={PATH},enable-migration=on,x-device-dirty-page-tracking=off",
+        "-device",
+        f"vfio-pci,sysfsdev={PATH},id=vgpu0,enable-migration=on,x-device-dirty-page-tracking=off",
     ]  # fmt: skip
     no_migration = replace(caps("8.2"), vfio_migration_prop=None)
-    assert mtty.qemu_device_args(PATH, no_migration) == ["-device", f"vfio-pci,sysfsdev={PATH}"]
+    assert mtty.qemu_device_args(PATH, no_migration) == [
+        "-device",
+        f"vfio-pci,sysfsdev={PATH},id=vgpu0",
+    ]
 
     nvidia = NvidiaProfile()
     assert nvidia.qemu_device_args(PATH, caps("7.2")) == [
