@@ -333,6 +333,12 @@ class LocalLab:
                         "MaxSessions 64",
                         "MaxStartups 64:30:128",
                         "ClientAliveInterval 15",
+                        # The lab's hosts share the controller's root account: bash run by
+                        # sshd would source root's ~/.bashrc (on this kind of machine: pyenv
+                        # init, which rehashes under a lock; a session killed mid-rehash, as
+                        # the fault suite kills whole hosts, left the lock behind and every
+                        # later command hung). bash skips it at shell level 2.
+                        "SetEnv SHLVL=1",
                         "Subsystem sftp /usr/lib/openssh/sftp-server",
                         "",
                     ]
