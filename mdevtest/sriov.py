@@ -193,18 +193,28 @@ done
 
     def records(self) -> list[VfInstance]:
         """The VFs this framework bound, with their owners (the ownership record)."""
+        return self._state()[0]
+
+    def _state(self) -> tuple[list[VfInstance], dict[str, tuple[str, str]]]:
+        """Both state files in one round trip: the ownership record, and the PFs to restore
+        (PF -> its VF count and autoprobe before the run)."""
         if self.state_dir is None:
-            return []
-        rec = posixpath.join(self.state_dir, RECORD_NAME)
-        result = self.executor.run_shell(
-            f"cat {shlex.quote(rec)} 2>/dev/null; exit 0", timeout=self.timeout
+            return [], {}
+        mark = f"@state-{secrets.token_hex(4)}"
+        rec, restore = (
+            shlex.quote(posixpath.join(self.state_dir, n)) for n in (RECORD_NAME, RESTORE_NAME)
         )
-        out = []
-        for line in result.stdout.splitlines():
-            fields = line.split()
-            if len(fields) == 5:
-                out.append(VfInstance(*fields))
-        return out
+        result = self.executor.run_shell(
+            f"cat {rec} 2>/dev/null; echo {mark}; cat {restore} 2>/dev/null; exit 0",
+            timeout=self.timeout,
+        )
+        owned, _, saved = result.stdout.partition(f"{mark}\n")
+        records = [VfInstance(*f) for f in map(str.split, owned.splitlines()) if len(f) == 5]
+        restores: dict[str, tuple[str, str]] = {}
+        for f in map(str.split, saved.splitlines()):
+            if len(f) == 3 and _ADDRESS.fullmatch(f[0]) and f[1].isdigit() and f[2] in ("0", "1"):
+                restores.setdefault(f[0], (f[1], f[2]))
+        return records, restores
 
     # -- provisioning -----------------------------------------------------------------------------
 
@@ -241,16 +251,28 @@ done
         there is nothing to restore, else what was done. While a VF of the PF is still in the
         ownership record (another test process, a dead run before its reaping) nothing is done
         and the note says so. Raises when the kernel refuses (a VF still in use)."""
-        if self.state_dir is None:
+        records, restores = self._state()
+        if pf not in restores:
             return None
-        saved = [r for r in self._restore_lines() if r[0] == pf]
-        if not saved:
-            return None
-        bound = [r for r in self.records() if r.parent == pf]
+        bound = [r for r in records if r.parent == pf]
         if bound:  # another test process of the run (xdist), or a run that died: last one out
             owners = ", ".join(sorted({r.owner for r in bound}))
             return f"PF {pf}: not restored yet: {len(bound)} VF(s) still bound (owners {owners})"
-        _, count, autoprobe = saved[0]
+        return self._restore(pf, *restores[pf])
+
+    def restore_left(self, *, keep: set[str]) -> list[str]:
+        """Restore every PF a run recorded for restoring and did not (it died), except those in
+        ``keep`` (this session's own, restored at its close); what was done, one line each.
+        A PF with a VF still in the record is left for later (see :meth:`restore`)."""
+        records, restores = self._state()
+        bound = {r.parent for r in records}
+        return [
+            f"{self._restore(pf, count, autoprobe)}; left by a run that ended without restoring it"
+            for pf, (count, autoprobe) in sorted(restores.items())
+            if pf not in keep and pf not in bound
+        ]
+
+    def _restore(self, pf: str, count: str, autoprobe: str) -> str:
         d = shlex.quote(self.device_dir(pf))
         script = f"""LC_ALL=C; export LC_ALL
 cur=$(cat {d}/sriov_numvfs)
@@ -267,32 +289,6 @@ echo {autoprobe} > {d}/sriov_drivers_autoprobe || exit 3
                 f"(rc={result.rc}): {_tail(result)}; a VF may still be in use: restore by hand"
             )
         return f"PF {pf}: {count} VFs, autoprobe {autoprobe} (as before the run)"
-
-    def restore_left(self, *, keep: set[str]) -> list[str]:
-        """Restore every PF a run recorded for restoring and did not (it died), except those in
-        ``keep`` (this session's own, restored at its close); what was done, one line each.
-        A PF with a VF still in the record is left for later (see :meth:`restore`)."""
-        if self.state_dir is None:
-            return []
-        done = []
-        for pf in sorted({r[0] for r in self._restore_lines()} - keep):
-            note = self.restore(pf)
-            if note is not None and "not restored yet" not in note:
-                done.append(f"{note}; left by a run that ended without restoring it")
-        return done
-
-    def _restore_lines(self) -> list[tuple[str, str, str]]:
-        assert self.state_dir is not None
-        rec = posixpath.join(self.state_dir, RESTORE_NAME)
-        result = self.executor.run_shell(
-            f"cat {shlex.quote(rec)} 2>/dev/null; exit 0", timeout=self.timeout
-        )
-        out = []
-        for line in result.stdout.splitlines():
-            f = line.split()
-            if len(f) == 3 and _ADDRESS.fullmatch(f[0]) and f[1].isdigit() and f[2] in ("0", "1"):
-                out.append((f[0], f[1], f[2]))
-        return out
 
     # -- allocation -------------------------------------------------------------------------------
 
