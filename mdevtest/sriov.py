@@ -204,8 +204,8 @@ done
         rec, restore = (
             shlex.quote(posixpath.join(self.state_dir, n)) for n in (RECORD_NAME, RESTORE_NAME)
         )
-        result = self.executor.run_shell(
-            f"cat {rec} 2>/dev/null; echo {mark}; cat {restore} 2>/dev/null; exit 0",
+        result = self.executor.run_shell(  # echo: a file without its last newline stays apart
+            f"cat {rec} 2>/dev/null; echo; echo {mark}; cat {restore} 2>/dev/null; exit 0",
             timeout=self.timeout,
         )
         owned, _, saved = result.stdout.partition(f"{mark}\n")
