@@ -125,8 +125,10 @@ DEFAULT_PFS: tuple[SimPf, ...] = (
 )
 
 
-def parse_sim_pf(obj: dict[str, object]) -> SimPf:
+def parse_sim_pf(obj: object) -> SimPf:
     """A :class:`SimPf` from its JSON form (``ValueError``/``TypeError`` on a bad one)."""
+    if not isinstance(obj, dict):
+        raise TypeError("pf must be an object")
     allowed = {f for f in SimPf.__dataclass_fields__}
     unknown = set(obj) - allowed
     if unknown:

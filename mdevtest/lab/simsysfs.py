@@ -261,7 +261,7 @@ class SimConfig:
             pfs = d.get("pfs")
             return cls(
                 tuple(_parent_from(p) for p in d["parents"]),
-                DEFAULT_PFS if pfs is None else tuple(parse_sim_pf(_keys(p, set(p), "pf")) for p in pfs),
+                DEFAULT_PFS if pfs is None else tuple(parse_sim_pf(p) for p in pfs),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"invalid simulated sysfs config: {exc}") from exc

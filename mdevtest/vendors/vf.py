@@ -152,18 +152,21 @@ class VfioVariantProfile(VfProfile):
     variant_driver: ClassVar[str | None] = None  # vgpu.type names it
 
 
-class SimXeSriovProfile(XeSriovProfile):
-    name: ClassVar[str] = "sim-xe-sriov"
-    simulated: ClassVar[bool] = True
-    capture_method: ClassVar[CaptureMethod] = "qmp"
-    guest_display: ClassVar[str | None] = "1234:1111"  # the emulated VGA stands in
+class _Simulated:
+    """The local lab's twin of a VF vendor: nothing behind the VF (QEMU gets no device), the
+    emulated VGA stands in for the display."""
 
-
-class SimNvidiaVfioProfile(NvidiaVfioProfile):
-    name: ClassVar[str] = "sim-nvidia-vfio"
     simulated: ClassVar[bool] = True
     capture_method: ClassVar[CaptureMethod] = "qmp"
     guest_display: ClassVar[str | None] = "1234:1111"
+
+
+class SimXeSriovProfile(_Simulated, XeSriovProfile):
+    name: ClassVar[str] = "sim-xe-sriov"
+
+
+class SimNvidiaVfioProfile(_Simulated, NvidiaVfioProfile):
+    name: ClassVar[str] = "sim-nvidia-vfio"
 
 
 _PROFILES: dict[str, type[VfProfile]] = {
