@@ -4,6 +4,9 @@
     mdevtest lab up|down|status|reap   manage an embedded lab (root): --flavor netns|nested
     mdevtest report                    make the HTML report from Allure results (Allure 2, npm)
     mdevtest workloads                 list the known workloads: name, kind, driver, description
+    mdevtest provision --inventory PATH [--rollback|--status]
+                                       put the inventory's build on its hosts, boot, verify;
+                                       or roll it back, or show what each host carries
     mdevtest premerge --patch PATCH    judge an mtty driver change on the nested lab (root)
     mdevtest schema summary|inventory  print the JSON Schema of summary.json or of an inventory
     mdevtest export --format csv|influx SUMMARY   one line per migration, for a dashboard
@@ -122,6 +125,22 @@ def _parser() -> argparse.ArgumentParser:
                      help="the baseline gate's slack, e.g. relative=1.0,absolute_ms=10000 "
                      "(default: generous, for TCG timings)")  # fmt: skip
     pre.add_argument("--keep-lab", action="store_true", help="leave the nested lab up at the end")
+
+    prov = sub.add_parser("provision", help="deploy a build to the hosts, boot and verify it; "
+                          "--rollback undoes it")  # fmt: skip
+    prov.add_argument("--inventory", required=True, metavar="PATH", help="the lab")
+    prov.add_argument("--spec", default=None, metavar="FILE",
+                      help="the build (a provision: mapping), instead of the inventory's")  # fmt: skip
+    prov.add_argument("--hosts", default="", metavar="NAMES",
+                      help="only these hosts, comma-separated (default: every host)")  # fmt: skip
+    prov.add_argument("--pairs", default="", metavar="IDS",
+                      help="only the hosts of these pair ids, e.g. 'host-a->host-b'")  # fmt: skip
+    what = prov.add_mutually_exclusive_group()
+    what.add_argument("--rollback", action="store_true",
+                      help="undo the build each host records (kernel, files, packages)")  # fmt: skip
+    what.add_argument("--status", action="store_true", help="show each host's build record")
+    prov.add_argument("--no-rollback", action="store_true",
+                      help="on failure, leave the hosts as they are (to inspect them)")  # fmt: skip
 
     sub.add_parser("workloads", help="list the known workloads (workloads/*.yaml)")
 
@@ -311,6 +330,49 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _provision_hosts_of(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    from mdevtest.inventory import load_inventory
+
+    inventory = load_inventory(args.inventory)
+    names = [h.name for h in inventory.hosts]
+    if args.hosts:
+        wanted = [n.strip() for n in args.hosts.split(",") if n.strip()]
+        for n in wanted:
+            inventory.host(n)  # an unknown name: InventoryError listing the known ones
+        names = [n for n in names if n in wanted]
+    if args.pairs:
+        ids = [i.strip() for i in args.pairs.split(",") if i.strip()]
+        hosts = {h for i in ids for h in (inventory.pair(i).source, inventory.pair(i).destination)}
+        names = [n for n in names if n in hosts]
+    return inventory, names
+
+
+def _provision(args: argparse.Namespace) -> int:
+    import json
+
+    from mdevtest.inventory import load_provision_spec
+    from mdevtest.host import describe_record
+    from mdevtest.provision import provision_hosts, read_records, rollback_hosts
+
+    inventory, names = _provision_hosts_of(args)
+    if args.status:
+        for name, record in read_records(inventory, names).items():
+            print(f"{name}: {describe_record(record) if record else 'no build recorded'}")
+        return EXIT_OK
+    if args.rollback:
+        for o in rollback_hosts(inventory, names, progress=_progress):
+            print(f"{o.host}: {'rolled back' if o.rolled_back else 'nothing to roll back'}")
+        return EXIT_OK
+    spec = load_provision_spec(args.spec) if args.spec else None
+    outcomes = provision_hosts(
+        inventory, names, spec=spec, rollback_on_failure=not args.no_rollback, progress=_progress
+    )
+    for o in outcomes:
+        print(f"{o.host}: {describe_record(o.record or {})}")
+        print(json.dumps((o.record or {}).get("after", {}), sort_keys=True))
+    return EXIT_OK
+
+
 def _premerge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -343,6 +405,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _workloads()
         if args.command == "premerge":
             return _premerge(args)
+        if args.command == "provision":
+            return _provision(args)
         if args.command == "schema":
             return _schema(args.which)
         if args.command == "export":

@@ -6,6 +6,7 @@ CLI, the pytest plugin) can tell "the lab or the input is wrong" from "mdevtest 
     MdevtestError
      +-- InventoryError            bad inventory file: file, field path, value, what is allowed
      +-- LabError                  the embedded local lab cannot be brought up / down
+ +-- ProvisionError            deploying a build to a host, booting it or verifying it failed
      +-- KeyFileError              an SSH private key file cannot be used (missing, wrong passphrase)
      +-- RemoteError               anything that happens over SSH (carries the host)
      |    +-- ConnectFailed        cannot reach or authenticate to a host
@@ -82,6 +83,14 @@ class InventoryError(MdevtestError):
 
 class LabError(MdevtestError):
     """The embedded local lab could not be brought up, inspected or taken down."""
+
+    failure_class: FailureClass | None = INFRASTRUCTURE
+
+
+class ProvisionError(MdevtestError):
+    """Putting a build on a host failed: an artifact could not be fetched or installed, the host
+    did not come back from its boot, or what runs is not what was deployed (:mod:`mdevtest.provision`).
+    The host has been rolled back when the message says so."""
 
     failure_class: FailureClass | None = INFRASTRUCTURE
 

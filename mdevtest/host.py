@@ -113,6 +113,8 @@ class HostFacts:
     accel_reason: str
     qemu_caps: QemuCaps
     dirty_tracking: DirtyTracking | None = None
+    build: str | None = None
+    """The build ``mdevtest provision`` recorded on the host, in one line (None: none)."""
 
 
 @dataclass(frozen=True)
@@ -255,4 +257,30 @@ def probe_host(remote: Remote) -> HostFacts:
     caps = probe_qemu_caps(remote)
     accel, why = probe_accel(remote)
     tracking = dirty_tracking(kernel, iommufd_config, caps)
-    return HostFacts(remote.host.name, kernel, caps.version_text, accel, why, caps, tracking)
+    build = probe_build(remote)
+    return HostFacts(remote.host.name, kernel, caps.version_text, accel, why, caps, tracking, build)
+
+
+def probe_build(remote: Remote) -> str | None:
+    """The host's provisioning record (:mod:`mdevtest.provision`) in one line; None without one."""
+    import json
+
+    res = remote.run(["cat", f"{remote.host.state_dir}/provision/record.json"], timeout=30)
+    if res.rc != 0:
+        return None
+    try:
+        record = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        return f"unreadable record {remote.host.state_dir}/provision/record.json"
+    return describe_record(record) if isinstance(record, dict) else None
+
+
+def describe_record(record: dict[str, Any]) -> str:
+    """One line for the Allure environment and the terminal: status, kernel, what was deployed."""
+    after = record.get("after") or {}
+    names = ", ".join(a.get("name", "?") for a in record.get("artifacts", [])) or "no artifacts"
+    kernel = after.get("release") or (record.get("before") or {}).get("release", "?")
+    return (
+        f"{record.get('status', '?')} {record.get('id', '?')}: kernel {kernel}, {names} "
+        f"({record.get('finished_at') or record.get('started_at', '?')})"
+    )

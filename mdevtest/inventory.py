@@ -70,10 +70,12 @@ __all__ = [
     "LabImage",
     "Limits",
     "LocalLabSpec",
+    "ProvisionSpec",
     "SshConfig",
     "VgpuSpec",
     "describe",
     "load_inventory",
+    "load_provision_spec",
     "parse_inventory",
 ]
 
@@ -263,6 +265,134 @@ class SshConfig(_Model):
     most every second, tells when it is back)."""
 
 
+# -- provisioning (mdevtest.provision) --------------------------------------------------------
+
+_URL = re.compile(r"https?://[^\s]+")
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _artifact_source(value: object, info: ValidationInfo) -> object:
+    """An ``http(s)://`` URL as given, or a controller path made absolute like any other."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        raise ValueError("must be an http(s) URL or a file path, not an empty string")
+    _reject_control_chars(value)
+    if value.startswith(("http://", "https://")):
+        if not _URL.fullmatch(value):
+            raise ValueError("must be an http(s) URL without spaces")
+        return value
+    return str(_resolve_path(Path(value), info))
+
+
+def _check_module_name(value: str) -> str:
+    if not _MODULE_NAME.fullmatch(value):
+        raise ValueError("must be a kernel module name (letters, digits, _ and -)")
+    return value
+
+
+def _check_sha256(value: str) -> str:
+    if not _SHA256.fullmatch(value):
+        raise ValueError("must be 64 lowercase hex digits (sha256sum's output)")
+    return value
+
+
+def _check_kernel_arg(value: str) -> str:
+    if not value or any(c.isspace() for c in value) or "'" in value or '"' in value:
+        raise ValueError("must be one kernel argument (no spaces or quotes), e.g. intel_iommu=on")
+    return value
+
+
+KernelArg = Annotated[str, AfterValidator(_check_kernel_arg)]
+
+
+class Artifact(_Model):
+    """One thing to put on a host: a ``deb`` package (``dpkg -i``), a ``tarball`` (extracted
+    under ``dest``, default ``/``) or a ``file`` (copied to ``dest``). ``source`` is an
+    ``http(s)://`` URL the controller downloads (cached by URL) or a controller path."""
+
+    kind: Literal["deb", "tarball", "file"]
+    source: Annotated[str, BeforeValidator(_artifact_source)]
+    dest: RemotePath | None = None
+    sha256: Annotated[str, AfterValidator(_check_sha256)] | None = None
+    """When given, the fetched artifact must have this digest (checked on the controller)."""
+    mode: Annotated[str, Field(pattern=r"^[0-7]{3,4}$")] | None = None
+    """A ``file``'s permission bits (octal, e.g. ``0755``); default 0644."""
+
+    @model_validator(mode="after")
+    def _dest(self) -> Artifact:
+        if self.kind == "file" and self.dest is None:
+            raise ValueError("a file artifact needs dest: the absolute path it is copied to")
+        if self.kind == "deb" and self.dest is not None:
+            raise ValueError("a deb artifact has no dest: dpkg installs it where it says")
+        if self.kind != "file" and self.mode is not None:
+            raise ValueError("mode is for file artifacts only")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The artifact's file name (the URL's or the path's last component)."""
+        return self.source.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] or self.kind
+
+
+class KernelBoot(_Model):
+    """The kernel to boot into after the artifacts are installed, and how.
+
+    ``method: kexec`` loads ``image``/``initrd`` with the running command line, minus
+    ``args_remove``, plus ``args_add``, and jumps into it (``systemctl kexec`` where systemd
+    runs); ``reboot`` adds a one-shot boot entry (GRUB or systemd-boot) with those arguments
+    and reboots, so the next plain reboot is the old kernel again."""
+
+    release: NonEmptyStr
+    """What ``uname -r`` must say once booted (the check that the build runs)."""
+    image: RemotePath | None = None
+    """Default ``/boot/vmlinuz-<release>``."""
+    initrd: RemotePath | None = None
+    """Default ``/boot/initrd.img-<release>`` (none when that file does not exist)."""
+    args_add: tuple[KernelArg, ...] = ()
+    args_remove: tuple[KernelArg, ...] = ()
+    """Arguments to drop: ``name`` drops every ``name`` and ``name=...``; ``name=value`` that one."""
+    method: Literal["kexec", "reboot"] = "kexec"
+
+
+class ModuleLoad(_Model):
+    """A kernel module (re)loaded after the boot: ``rmmod`` if loaded, then ``insmod path`` or
+    ``modprobe name``, with ``params``; the loaded ``srcversion`` must be the file's."""
+
+    name: Annotated[str, AfterValidator(_check_module_name)]
+    path: RemotePath | None = None
+    params: tuple[KernelArg, ...] = ()
+
+
+class ProvisionSpec(_Model):
+    """What ``mdevtest provision`` puts on a host, in this order: the ``artifacts``, the
+    ``commands`` (e.g. build a module against the new kernel's headers), the ``kernel`` boot,
+    the ``modules``, the ``after_boot`` commands; then it verifies (kernel release, command line,
+    module srcversions, ``expect_qemu``) and records it all on the host. docs/provisioning.md."""
+
+    artifacts: tuple[Artifact, ...] = ()
+    commands: tuple[NonEmptyStr, ...] = ()
+    kernel: KernelBoot | None = None
+    modules: tuple[ModuleLoad, ...] = ()
+    after_boot: tuple[NonEmptyStr, ...] = ()
+    expect_qemu: NonEmptyStr | None = None
+    """Text the first line of ``<qemu_binary> --version`` must contain (e.g. ``10.0.2``)."""
+    step_timeout_s: Seconds = 1800.0
+    """Bound of one install or command step on the host."""
+    boot_timeout_s: Seconds = 900.0
+    """From the boot command until the host answers SSH with the new kernel."""
+
+    @model_validator(mode="after")
+    def _something(self) -> ProvisionSpec:
+        if not (self.artifacts or self.commands or self.kernel or self.modules or self.after_boot):
+            raise ValueError(
+                "nothing to provision: give at least one of artifacts, commands, kernel, "
+                "modules, after_boot"
+            )
+        return self
+
+
 class Host(_Model):
     """One machine that runs QEMU guests: a source, a destination, or both."""
 
@@ -281,6 +411,8 @@ class Host(_Model):
     """UEFI firmware code on the host (Debian's ``ovmf``; RHEL: /usr/share/edk2/ovmf/OVMF_CODE.fd)."""
     ovmf_vars: RemotePath = "/usr/share/OVMF/OVMF_VARS_4M.fd"
     """The matching variable store template; each UEFI guest gets its own copy."""
+    provision: ProvisionSpec | None = None
+    """This host's build (replaces the inventory's top-level ``provision`` for it)."""
 
 
 _VF_VENDORS = frozenset({"xe-sriov", "nvidia-vfio", "vfio-variant", "sim-xe-sriov", "sim-nvidia-vfio"})
@@ -493,6 +625,8 @@ class Inventory(_Model):
     guest: GuestSpec
     limits: Limits = Limits()
     local_lab: LocalLabSpec | None = None
+    provision: ProvisionSpec | None = None
+    """The build ``mdevtest provision`` puts on every host without a ``provision`` of its own."""
     source_path: Path | None = Field(default=None, exclude=True)
     """The file this inventory was loaded from; set by the loader, never read from YAML."""
 
@@ -522,6 +656,11 @@ class Inventory(_Model):
                 return pair
         known = ", ".join(p.id for p in self.pairs)
         raise InventoryError(self._where(), [f"no pair {pair_id!r}; known pairs: {known}"])
+
+    def provision_of(self, name: str) -> ProvisionSpec | None:
+        """The build for host ``name``: its own ``provision``, else the inventory's."""
+        host = self.host(name)
+        return host.provision if host.provision is not None else self.provision
 
     def _where(self) -> str:
         return str(self.source_path) if self.source_path else f"<inventory {self.name}>"
@@ -616,6 +755,37 @@ def load_inventory(path: str | os.PathLike[str]) -> Inventory:
     absolute = Path(os.path.abspath(shown))
     inventory = parse_inventory(data, source=shown, base_dir=absolute.parent)
     return inventory.model_copy(update={"source_path": absolute})
+
+
+def load_provision_spec(path: str | os.PathLike[str]) -> ProvisionSpec:
+    """Read a build description (the ``provision:`` mapping of an inventory, alone in a file:
+    what ``mdevtest premerge --deploy`` and ``mdevtest provision --spec`` take). Relative
+    artifact paths resolve against the file's directory. Raises :class:`InventoryError` naming
+    the file and every field that is wrong, as :func:`load_inventory` does."""
+    shown = os.fspath(path)
+    data_bytes = _read_bounded(shown)
+    try:
+        data = yaml.load(data_bytes.decode("utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError as exc:
+        raise InventoryError(
+            shown, [f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"]
+        ) from None
+    except yaml.MarkedYAMLError as exc:
+        raise InventoryError(shown, [_yaml_problem(exc)]) from None
+    except yaml.YAMLError as exc:
+        raise InventoryError(shown, [f"not valid YAML: {_clip(str(exc))}"]) from None
+    if isinstance(data, dict) and set(data) == {"provision"}:
+        data = data["provision"]  # an inventory-style file with only that section
+    if not isinstance(data, dict):
+        raise InventoryError(
+            shown,
+            [f"the top level is {_kind(data)}; expected a mapping with keys {_keys(ProvisionSpec)}"],
+        )
+    base = Path(os.path.abspath(shown)).parent
+    try:
+        return ProvisionSpec.model_validate(data, context={_BASE_DIR: base})
+    except ValidationError as exc:
+        raise InventoryError(shown, _capped(list(dict.fromkeys(_translate(exc))))) from None
 
 
 _NOT_REGULAR = (

@@ -433,6 +433,10 @@ def summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dict
             route.source: src_facts.qemu_version,
             route.destination: dst_facts.qemu_version,
         },
+        "builds": {
+            f.name: {"kernel": f.kernel, "qemu": f.qemu_version, "provision": f.build}
+            for f in (src_facts, dst_facts)
+        },
         "guest_image": lab.image().description,
         "vgpu": vgpu_entry(route, vgpus),
         "dirty_tracking_mode": dirty_tracking_mode(route, src_facts),

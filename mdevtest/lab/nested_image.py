@@ -95,7 +95,10 @@ KERNEL_METAPACKAGE = "linux-image-amd64"
 #: qemu-utils makes the L2 disk overlays; make builds mtty.ko; zstd compresses the initramfs.
 #: qemu-guest-agent and systemd-boot-efi are not used by the host: they are where the L2 UEFI
 #: disk guest's agent and boot loader come from (:mod:`mdevtest.lab.mtty_disk`), the same
-#: Debian build as everything else in the image.
+#: Debian build as everything else in the image. kexec-tools: provisioning's ``kexec`` boot
+#: method (:mod:`mdevtest.provision`, a real kernel switch without leaving the VM);
+#: libvirt-daemon, -driver-qemu and libvirt-clients: libvirtd with its QEMU driver, started by hand
+#: (no systemd here) where a pair runs through libvirt.
 HOST_PACKAGES: tuple[str, ...] = (
     "qemu-system-x86",
     "qemu-utils",
@@ -113,6 +116,10 @@ HOST_PACKAGES: tuple[str, ...] = (
     "procps",
     "make",
     "zstd",
+    "kexec-tools",
+    "libvirt-daemon",
+    "libvirt-daemon-driver-qemu",
+    "libvirt-clients",
 )
 
 #: Installed when the suite has them; the image says in its manifest whether they are there.

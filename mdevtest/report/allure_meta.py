@@ -113,6 +113,9 @@ def environment_facts(
         facts[f"{h.name}.kernel"] = h.kernel
         facts[f"{h.name}.qemu"] = h.qemu_version
         facts[f"{h.name}.accel"] = str(h.accel)
+        build = getattr(h, "build", None)
+        if build:
+            facts[f"{h.name}.build"] = str(build)
     if guest_image is not None:
         facts["guest.image"] = guest_image
     facts["mdevtest.version"] = package_version()

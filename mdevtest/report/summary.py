@@ -8,9 +8,10 @@ see below); the entry is validated when it is built (:func:`migration_entry`,
 Readers (the terminal table, the baseline gate, ``mdevtest premerge``, ``mdevtest export``)
 parse with :func:`read_summary` / :func:`parse_summary` and use attributes, not dict keys.
 
-``schema_version`` is 2 (``vgpu.kind``, ``vgpu.devices`` and ``vgpu.kernel_migration`` added, and the
-``aborted`` status: a migration that ended without a final QEMU status now has an entry; version
-1 has the same shape without them). A file without it (written before it existed) is version 0, of
+``schema_version`` is 3 (``builds``: each host's kernel, QEMU and provisioned build). Version 2
+added ``vgpu.kind``, ``vgpu.devices`` and ``vgpu.kernel_migration``, and the ``aborted`` status: a
+migration that ended without a final QEMU status now has an entry; version 1 has the same shape
+without them. A file without it (written before it existed) is version 0, of
 version 1's shape; a file of a newer version is refused with a message naming both versions.
 Adding a key, or changing a key's type or meaning, raises the version.
 
@@ -65,7 +66,7 @@ if TYPE_CHECKING:
 FRAGMENTS = "summary.d"
 SUMMARY = "summary.json"
 #: The version this mdevtest writes; it reads this one and every older one.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -129,6 +130,18 @@ class KnownIssueEntry(_Model):
     title: str
     evidence: str
     explains: list[str] = Field(description="The failed checks it accounts for.")
+
+
+class HostBuildEntry(_Model):
+    """What one host of the pair ran: its kernel, its QEMU, the build ``mdevtest provision`` put
+    on it (None: none recorded)."""
+
+    kernel: str = Field(description="``uname -r``.")
+    qemu: str = Field(description="The first line of ``qemu --version``.")
+    provision: str | None = Field(
+        default=None,
+        description="The host's provisioning record, in one line (status, id, kernel, artifacts).",
+    )
 
 
 class VgpuEntry(_Model):
@@ -196,6 +209,9 @@ class SummaryEntry(_Model):
     )
     qemu_version: dict[str, str] | None = Field(
         default=None, description="QEMU's version on each host of the pair, by host name."
+    )
+    builds: dict[str, HostBuildEntry] | None = Field(
+        default=None, description="What each host of the pair ran, by host name."
     )
     accel: Literal["kvm", "tcg"] | None = Field(
         default=None, description="The source host's accelerator."

@@ -71,10 +71,13 @@ class FakeLab:
 
     def facts(self, host: str) -> Any:
         return SimpleNamespace(
+            name=host,
+            kernel="6.12.117+deb13-amd64",
             accel="tcg",
             accel_reason="/dev/kvm missing",
             qemu_version=f"8.2.2 on {host}",
             dirty_tracking=SimpleNamespace(mode="off"),
+            build=None,
         )
 
     def image(self) -> Any:
@@ -206,7 +209,7 @@ def test_the_summary_file_has_a_schema_version_and_reads_back(tmp_path: Path) ->
     path = writer.merge(meta={"inventory": "inventory/local-lab.yaml"})
     assert path is not None
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == SCHEMA_VERSION == 2
+    assert doc["schema_version"] == SCHEMA_VERSION == 3
     assert doc["inventory"] == "inventory/local-lab.yaml"
     assert [e["test_id"] for e in doc["migrations"]] == ["a.py::test_first", TEST_ID]
     assert doc["migrations"][0] == {"test_id": "a.py::test_first", "status": "failed",
@@ -253,8 +256,8 @@ def test_a_file_without_schema_version_is_version_0_of_the_same_shape(tmp_path: 
 
 def test_readers_say_what_is_wrong_with_a_file(tmp_path: Path) -> None:
     path = tmp_path / "summary.json"
-    path.write_text(json.dumps({"schema_version": 3, "migrations": []}))
-    with pytest.raises(SummaryError, match="schema_version 3 is newer than this mdevtest reads"):
+    path.write_text(json.dumps({"schema_version": 4, "migrations": []}))
+    with pytest.raises(SummaryError, match="schema_version 4 is newer than this mdevtest reads"):
         read_summary(path)
     path.write_text(json.dumps({"migrations": [{"test_id": "t"}, {"test_id": "u", "downtime": 5}]}))
     with pytest.raises(SummaryError, match=r"migrations\[1\]\.downtime: Extra inputs"):
