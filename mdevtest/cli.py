@@ -350,8 +350,8 @@ def _provision_hosts_of(args: argparse.Namespace) -> tuple[Any, list[str]]:
 def _provision(args: argparse.Namespace) -> int:
     import json
 
-    from mdevtest.inventory import load_provision_spec
     from mdevtest.host import describe_record
+    from mdevtest.inventory import load_provision_spec
     from mdevtest.provision import provision_hosts, read_records, rollback_hosts
 
     inventory, names = _provision_hosts_of(args)
@@ -395,6 +395,12 @@ def _premerge(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    # paramiko logs a failed connect (a host rebooting, a dead host) with a traceback through
+    # logging's last-resort handler; the error that matters is ours, one line.
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
     args = _parser().parse_args(argv)
     try:
         if args.command == "inventory":

@@ -310,3 +310,109 @@ def test_premerge_passes_the_harmless_patch_and_catches_the_broken_one(
         for host in nested.hosts:
             loaded = testbed.remote(host.name).check(["cat", "/sys/module/mtty/srcversion"])
             assert loaded.stdout.strip() == own
+
+
+def _mdevtest(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mdevtest.cli", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def _running(inventory: Inventory) -> dict[str, tuple[str, str, str]]:
+    """Each host's kernel release, command line and loaded mtty srcversion."""
+    found = {}
+    with Testbed(inventory) as testbed:
+        for host in inventory.hosts:
+            out = testbed.remote(host.name).check_shell(
+                "uname -r; cat /proc/cmdline; cat /sys/module/mtty/srcversion", timeout=30
+            )
+            release, cmdline, srcversion = out.stdout.splitlines()[:3]
+            found[host.name] = (release, cmdline, srcversion)
+    return found
+
+
+def test_provision_switches_the_kernel_runs_the_suite_and_rolls_back(
+    nested: Inventory, tmp_path: Path
+) -> None:
+    """Issue 13's nightly cycle with a real kernel switch: another Debian kernel (packages from
+    the mirror, mtty built against its headers on the host) deployed to both hosts, kexec'd into
+    and verified; the basic suite migrates on it and records the build; the rollback boots the
+    image's kernel again and purges the packages."""
+    from mdevtest.lab.imagebuild import debian_mirror
+    from mdevtest.lab.kernel_switch import alternate_kernel, switch_spec
+
+    images = build_nested_images()
+    old = images.host.kernel_version
+    build = alternate_kernel(old, mirror=debian_mirror())
+    spec = switch_spec(images.host, build, tmp_path / "switch.yaml")
+    before = _running(nested)
+    assert {r for r, _, _ in before.values()} == {old}, before
+
+    proc = _mdevtest("provision", "--inventory", str(INVENTORY), "--spec", str(spec))
+    try:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        now = _running(nested)
+        for name, (release, cmdline, srcversion) in now.items():
+            assert release == build.release, now
+            assert "mdt.mtty=0" in cmdline.split()
+            assert srcversion, f"{name}: mtty not loaded on the new kernel"
+        status = _mdevtest("provision", "--inventory", str(INVENTORY), "--status", timeout=120)
+        assert status.stdout.count("provisioned ") == 2, status.stdout
+        # the suite runs on the build, and the summary says which build it ran on
+        argv = [
+            sys.executable, "-m", "pytest", "suites/test_migration_basic.py", "-p",
+            "no:cacheprovider", "--inventory", str(INVENTORY), "--mdevtest-pairs",
+            "host-a->host-b", "--mdevtest-report-dir", str(tmp_path / "reports"), "-q",
+        ]  # fmt: skip
+        suite = subprocess.run(
+            argv, cwd=REPO, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, check=False
+        )
+        assert suite.returncode == 0, suite.stdout[-4000:] + suite.stderr[-2000:]
+        (m,) = json.loads((tmp_path / "reports" / "summary.json").read_text())["migrations"]
+        assert m["status"] == "completed", m
+        assert m["vfio_transferred_bytes"] > 0, m
+        for host in ("host-a", "host-b"):
+            assert m["builds"][host]["kernel"] == build.release, m["builds"]
+            assert m["builds"][host]["provision"].startswith("provisioned "), m["builds"]
+    finally:
+        back = _mdevtest("provision", "--inventory", str(INVENTORY), "--rollback")
+    assert back.returncode == 0, back.stdout[-3000:] + back.stderr[-3000:]
+    after = _running(nested)
+    assert after == before, (before, after)  # the old kernel, command line and module
+    with Testbed(nested) as testbed:
+        for host in nested.hosts:
+            res = testbed.remote(host.name).run(["dpkg-query", "-W", build.image.package])
+            assert res.rc != 0, f"{host.name}: {build.image.package} still installed"
+
+
+def test_provision_that_boots_the_wrong_kernel_fails_and_rolls_back(
+    nested: Inventory, tmp_path: Path
+) -> None:
+    """A build whose boot does not bring up the kernel it names (here: the image of the running
+    kernel under the name of another release) is an infrastructure failure saying so, and the
+    host is rolled back."""
+    old = build_nested_images().host.kernel_version
+    spec = tmp_path / "wrong.yaml"
+    spec.write_text(
+        "kernel:\n"
+        "  release: 6.99.0-not-this-one\n"
+        f"  image: /boot/vmlinuz-{old}\n"
+        f"  initrd: /boot/initrd.img-{old}\n"
+        "  args_add: [mdt.provision-test=1]\n"
+        "boot_timeout_s: 600\n"
+    )
+    before = _running(nested)
+    proc = _mdevtest("provision", "--inventory", str(INVENTORY), "--spec", str(spec),
+                     "--hosts", "host-a")  # fmt: skip
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    err = proc.stderr
+    assert "verification failed" in err, err
+    assert "6.99.0-not-this-one" in err, err
+    assert "host-a: rolled back" in err, err
+    after = _running(nested)
+    assert after == before, (before, after)  # booted back: no mdt.provision-test=1 any more
+    status = _mdevtest("provision", "--inventory", str(INVENTORY), "--status", "--hosts", "host-a",
+                       timeout=120)  # fmt: skip
+    assert "rolled-back" in status.stdout, status.stdout
