@@ -106,6 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     change.add_argument("--patch", metavar="PATCH",
                         help="a patch to samples/vfio-mdev/mtty.c (-p1, git's a/ b/ paths)")  # fmt: skip
     change.add_argument("--module", metavar="KO", help="an mtty.ko built for the hosts' kernel")
+    change.add_argument("--deploy", metavar="SPEC",
+                        help="a build (provision spec) to judge on any --inventory: baseline, "
+                        "provision, suite, gate, rollback")  # fmt: skip
     pre.add_argument("--inventory", default=FLAVOR_INVENTORIES["nested"], metavar="PATH",
                      help=f"the nested lab (default: {FLAVOR_INVENTORIES['nested']})")  # fmt: skip
     pre.add_argument("--baseline", metavar="SUMMARY", default=None,
@@ -376,8 +379,22 @@ def _provision(args: argparse.Namespace) -> int:
 def _premerge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mdevtest.premerge import NESTED_TOLERANCE, premerge
+    from mdevtest.premerge import NESTED_TOLERANCE, premerge, premerge_deploy
 
+    if args.deploy:
+        result = premerge_deploy(
+            Path(args.inventory),
+            Path(args.deploy),
+            baseline=Path(args.baseline) if args.baseline else None,
+            suite=args.suite,
+            report_dir=Path(args.report_dir),
+            pytest_args=["--mdevtest-pairs", args.pairs] if args.pairs else [],
+            tolerance=args.tolerance,
+            keep_lab=args.keep_lab,
+            progress=_progress,
+        )
+        print(result.render())
+        return EXIT_OK if result.passed else EXIT_REJECTED
     result = premerge(
         Path(args.inventory),
         patch=Path(args.patch) if args.patch else None,

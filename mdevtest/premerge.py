@@ -117,7 +117,8 @@ class SuiteRun:
 class PremergeResult:
     """What a pre-merge run found."""
 
-    module: ModuleInfo
+    module: ModuleInfo | None
+    build: str = ""
     deployed: list[Deployed] = field(default_factory=list)
     baseline: Path | None = None
     baseline_run: SuiteRun | None = None
@@ -132,10 +133,14 @@ class PremergeResult:
 
     def render(self) -> str:
         m = self.module
-        lines = [
-            f"pre-merge: mtty srcversion {m.srcversion} (version {m.version or '-'}) "
-            f"for {m.kernel_version}"
-        ]
+        lines = (
+            [
+                f"pre-merge: mtty srcversion {m.srcversion} (version {m.version or '-'}) "
+                f"for {m.kernel_version}"
+            ]
+            if m is not None
+            else [f"pre-merge: build {self.build}"]
+        )
         lines += [f"  {d.host}: loaded srcversion {d.srcversion}, types {','.join(d.types)}"
                   for d in self.deployed]  # fmt: skip
         for run in (self.baseline_run, self.patched_run):
@@ -313,6 +318,74 @@ def premerge(
     return result
 
 
+def premerge_deploy(
+    inventory_path: Path,
+    spec_path: Path,
+    *,
+    baseline: Path | None = None,
+    suite: str = DEFAULT_SUITE,
+    report_dir: Path = Path("reports/premerge"),
+    pytest_args: Sequence[str] = (),
+    tolerance: str | None = None,
+    keep_lab: bool = False,
+    progress: Progress = quiet,
+) -> PremergeResult:
+    """Judge a build on any lab: the baseline (the suite on what the hosts run now, unless
+    ``baseline`` names its summary), ``mdevtest provision`` of the build in ``spec_path`` on
+    every host, the suite again, the baseline gate, and the rollback whatever happened. A build
+    that fails to provision or verify raises :class:`~mdevtest.errors.ProvisionError` (the hosts
+    are rolled back by then)."""
+    from mdevtest.inventory import load_inventory, load_provision_spec
+    from mdevtest.lab import make_lab
+    from mdevtest.provision import build_id, provision_hosts, rollback_hosts
+    from mdevtest.report.baseline import Tolerance, gate
+
+    inventory = load_inventory(inventory_path)
+    spec = load_provision_spec(spec_path)
+    nested = inventory.local_lab is not None and inventory.local_lab.flavor == "nested"
+    limits = Tolerance.parse(
+        tolerance if tolerance is not None else (NESTED_TOLERANCE if nested else "")
+    )
+    hosts = [h.name for h in inventory.hosts]
+    result = PremergeResult(module=None, build=f"{spec_path} (id {build_id([spec] * len(hosts))})")
+    result.baseline = baseline
+    report_dir = report_dir.resolve()
+    lab = make_lab(inventory) if inventory.local_lab is not None else None
+    started = lab.up(progress) if lab is not None else False
+    try:
+        if baseline is None:
+            result.baseline_run = run_suite(
+                "baseline", inventory_path, suite, report_dir / "baseline", pytest_args,
+                progress=progress,
+            )  # fmt: skip
+            if not result.baseline_run.summary.exists():
+                raise LabError(
+                    f"pre-merge: the baseline run wrote no summary; see "
+                    f"{result.baseline_run.report_dir / 'pytest.log'}"
+                )
+            result.baseline = result.baseline_run.summary
+        provisioned = False
+        try:
+            provision_hosts(inventory, hosts, spec=spec, progress=progress)
+            provisioned = True
+            result.patched_run = run_suite(
+                "patched", inventory_path, suite, report_dir / "patched", pytest_args,
+                progress=progress,
+            )  # fmt: skip
+        finally:
+            if provisioned:
+                rollback_hosts(inventory, hosts, progress=progress)
+        if result.patched_run.summary.exists() and result.baseline is not None:
+            report = gate(result.baseline, result.patched_run.summary, tolerance=limits)
+            result.gate, result.gate_passed = report.render(), report.passed
+    finally:
+        if started and lab is not None and not keep_lab:
+            lab.down(progress)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "premerge.txt").write_text(result.render() + "\n")
+    return result
+
+
 __all__ = [
     "DEFAULT_SUITE",
     "Deployed",
@@ -320,5 +393,6 @@ __all__ = [
     "SuiteRun",
     "deploy_mtty",
     "premerge",
+    "premerge_deploy",
     "run_suite",
 ]
