@@ -75,6 +75,7 @@ POLICY_OPTIONS: dict[str, str] = {
     "auto_converge": "auto-converge capability (throttle vCPUs until the migration converges)",
     "switchover_ack": "switchover-ack capability (with return-path; the destination acks)",
     "pause_before_switchover": "pause-before-switchover capability (the test continues it)",
+    "postcopy": "postcopy-ram capability on both sides (QEMU 9.0+ refuses it with a VFIO device)",
     "timeout_s": "cancel the migration after this many seconds",
 }
 
@@ -86,6 +87,7 @@ RESETTABLE_CAPABILITIES = (
     "switchover-ack",
     "return-path",
     "pause-before-switchover",
+    "postcopy-ram",
 )
 #: Parameters a policy may set; restored to the source's first values otherwise.
 POLICY_PARAMETERS = ("downtime-limit", "max-bandwidth", "multifd-channels")
@@ -124,6 +126,7 @@ class MigrationPolicy:
             ("auto_converge", "auto-converge"),
             ("switchover_ack", "switchover-ack"),
             ("pause_before_switchover", "pause-before-switchover"),
+            ("postcopy", "postcopy-ram"),
         ):
             if flag in options:
                 if not isinstance(options[flag], bool):

@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterator
 import allure
 import pytest
 
-from mdevtest.errors import MdevError, MigrationBlocked, classify
+from mdevtest.errors import MdevError, MdevtestError, MigrationBlocked, classify
 from mdevtest.guest import Guest
 from mdevtest.inventory import HostPair
 from mdevtest.mdev import MdevInstance
+from mdevtest.migration import MigrationPolicy
 from mdevtest.migration_run import MigrationOutcome
 from mdevtest.plugin.asserts import assert_no_destination_left, assert_still_on_source
 from mdevtest.plugin.fixtures import last_outcome
+from mdevtest.plugin.hooks import pair_simulated
 from mdevtest.testbed import Testbed
 
 Migrate = Callable[..., MigrationOutcome]
@@ -102,5 +104,56 @@ def test_blocked_migration_is_refused(
     outcome = last_outcome(request.node)
     assert outcome is not None
     assert outcome.failure_class == "product"
+    assert_still_on_source(guest, source)
+    assert_no_destination_left(lab, pair, outcome)
+
+
+@pytest.fixture
+def real_vfio(pair: HostPair) -> None:
+    """Skip (before a guest boots) a pair whose vGPU is not a real VFIO device: what is tested is
+    QEMU's VFIO migration code, which a simulated vGPU does not reach."""
+    if pair.vgpu is None or pair_simulated(pair):
+        pytest.skip(f"{pair.id}: no real VFIO device (simulated vGPU): nothing for QEMU to refuse")
+
+
+@allure.feature("negative")
+def test_postcopy_with_a_vfio_device_is_refused(
+    real_vfio: None,
+    request: pytest.FixtureRequest,
+    lab: Testbed,
+    pair: HostPair,
+    guest: Guest,
+    migrate: Migrate,
+) -> None:
+    """Post-copy cannot carry VFIO device state: QEMU refuses the migration (9.0+: when it is
+    started; 8.2: in the device's setup), nothing of the guest moves."""
+    source = guest.machine
+    with pytest.raises(MdevtestError) as refused:
+        migrate(guest, policy=MigrationPolicy.from_options(postcopy=True, timeout_s=300))
+    assert "VFIO migration is not supported with postcopy migration" in str(refused.value)
+    outcome = last_outcome(request.node)
+    assert outcome is not None
+    assert_still_on_source(guest, source)
+    assert_no_destination_left(lab, pair, outcome)
+
+
+@allure.feature("negative")
+@pytest.mark.qemu_args("-device", "intel-iommu")
+def test_a_vfio_device_behind_a_viommu_is_refused(
+    real_vfio: None,
+    request: pytest.FixtureRequest,
+    lab: Testbed,
+    pair: HostPair,
+    guest: Guest,
+    migrate: Migrate,
+) -> None:
+    """A guest IOMMU in front of a VFIO device without device dirty tracking: QEMU blocks the
+    migration (a migration blocker, so nothing is sent)."""
+    source = guest.machine
+    with pytest.raises(MigrationBlocked, match="vIOMMU") as refused:
+        migrate(guest)
+    assert classify(refused.value) == "product"
+    outcome = last_outcome(request.node)
+    assert outcome is not None
     assert_still_on_source(guest, source)
     assert_no_destination_left(lab, pair, outcome)

@@ -6,6 +6,7 @@ one :class:`MachineSpec` (the destination only adds ``incoming``) is how that is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -135,6 +136,7 @@ def prepare_script(spec: MachineSpec, paths: MachinePaths) -> str:
 def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) -> list[str]:
     """The full argument vector. ``tag`` goes into ``-name`` so leftovers are recognisable."""
     accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg"]
+    iommu, extra = hoist_iommu(spec.extra_args)
     argv = [
         binary,
         "-name", tag,
@@ -144,6 +146,7 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
         "-smp", str(spec.vcpus),
         "-nodefaults",
         "-no-user-config",
+        *iommu,
     ]  # fmt: skip
     if spec.firmware == "uefi":
         argv += [
@@ -162,7 +165,7 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
     else:  # the vGPU's console is the display: VNC is bound to it, console 0 or not
         video = ["-vga", "none"]
         vnc = f"unix:{paths.vnc_sock},display={spec.display_device}"
-    has_display = "-display" in spec.extra_args  # e.g. egl-headless for a dma-buf display
+    has_display = "-display" in extra  # e.g. egl-headless for a dma-buf display
     argv += [
         *video,
         *([] if has_display else ["-display", "none"]),
@@ -175,7 +178,7 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
         "-netdev", "user,id=net0",
         "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}",
         "-pidfile", paths.pidfile,
-        *spec.extra_args,
+        *extra,
     ]  # fmt: skip
     # Disks in a fixed order: the guest's own disk is vda, then the pattern disk, then the seed.
     if spec.disk is not None:
@@ -204,6 +207,29 @@ def build_argv(binary: str, spec: MachineSpec, paths: MachinePaths, tag: str) ->
     if spec.incoming is not None:
         argv += ["-incoming", spec.incoming]
     return argv
+
+
+#: Device drivers of a guest IOMMU: QEMU puts a device behind it only when the IOMMU was created
+#: first, so these go before every other device whatever their place in the extra arguments.
+IOMMU_DRIVERS = ("intel-iommu", "amd-iommu", "virtio-iommu-pci", "virtio-iommu")
+
+
+def hoist_iommu(extra: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``extra`` split into the ``-device`` pairs of a guest IOMMU and everything else."""
+    iommu: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(extra):
+        if extra[i] == "-device" and i + 1 < len(extra):
+            if extra[i + 1].split(",", 1)[0] in IOMMU_DRIVERS:
+                iommu += extra[i : i + 2]
+            else:
+                rest += extra[i : i + 2]
+            i += 2
+        else:
+            rest.append(extra[i])
+            i += 1
+    return iommu, rest
 
 
 def _read_only_disk(file: str, fmt: str, drive_id: str, device_options: str) -> list[str]:

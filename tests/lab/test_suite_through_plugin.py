@@ -93,16 +93,19 @@ def test_policies_and_negative_suites_pass_on_one_pair(
             "*test_blocked_migration_is_refused?host-a->host-b-GVTg_V5_4? PASSED*",
         ]
     )
+    # the post-copy and vIOMMU refusals are QEMU's VFIO code: skipped on the simulated vGPU,
+    # saying so (the nested lab runs them, tests/lab/test_nested.py)
+    result.stdout.fnmatch_lines(["*SKIPPED*no real VFIO device (simulated vGPU)*"] * 2)
     outcomes = result.parseoutcomes()
-    if outcomes.get("skipped"):  # only switchover-ack on, and only on a QEMU without it
+    if outcomes.get("skipped", 0) > 2:  # switchover-ack on, and only on a QEMU without it
         result.stdout.fnmatch_lines(["*has no migration capability switchover-ack*"])
-        assert outcomes == {"passed": 8, "skipped": 1}, outcomes
+        assert outcomes == {"passed": 8, "skipped": 3}, outcomes
     else:
-        assert outcomes == {"passed": 9}, outcomes
+        assert outcomes == {"passed": 9, "skipped": 2}, outcomes
     # the summary has one completed migration per policy that ran; the refusals moved nothing
     migrations = json.loads((reports / "summary.json").read_text())["migrations"]
     ran = {m["test_id"].split("[", 1)[1] for m in migrations if "under_policy" in m["test_id"]}
-    assert len(ran) == 6 - outcomes.get("skipped", 0), ran
+    assert len(ran) == 6 - (outcomes.get("skipped", 0) - 2), ran
     assert all(m["status"] == "completed" for m in migrations if "under_policy" in m["test_id"])
 
 

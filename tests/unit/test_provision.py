@@ -98,3 +98,20 @@ def test_describe_record_is_one_line() -> None:
     assert describe_record(record) == (
         "provisioned 0e8ad6106bba: kernel 6.12.107+deb13-amd64, linux-image.deb (2026-12-05T11:03:55Z)"
     )
+
+
+def test_a_guest_iommu_goes_before_every_other_device() -> None:
+    from mdevtest.qemu.cmdline import hoist_iommu
+
+    extra = ["-device", "vfio-pci,sysfsdev=/x,id=vgpu0", "-device", "intel-iommu,caching-mode=on", "-S"]
+    assert hoist_iommu(extra) == (
+        ["-device", "intel-iommu,caching-mode=on"],
+        ["-device", "vfio-pci,sysfsdev=/x,id=vgpu0", "-S"],
+    )
+
+
+def test_postcopy_is_a_policy_option() -> None:
+    from mdevtest.migration import MigrationPolicy
+
+    policy = MigrationPolicy.from_options(postcopy=True)
+    assert {"capability": "postcopy-ram", "state": True} in policy.all_capabilities()
