@@ -416,3 +416,20 @@ def test_provision_that_boots_the_wrong_kernel_fails_and_rolls_back(
     status = _mdevtest("provision", "--inventory", str(INVENTORY), "--status", "--hosts", "host-a",
                        timeout=120)  # fmt: skip
     assert "rolled-back" in status.stdout, status.stdout
+
+
+def test_qemu_refuses_postcopy_and_a_viommu_with_the_mdev(nested: Inventory, tmp_path: Path) -> None:
+    """Issue 11's negative cases on QEMU 10.0's own VFIO code, through the unchanged negative
+    suite: post-copy with the mtty mdev, and the mdev behind a guest intel-iommu, are refused
+    with QEMU's words, the guest stays on the source and nothing is left on the destination."""
+    argv = [
+        sys.executable, "-m", "pytest", "suites/test_negative.py", "-p", "no:cacheprovider",
+        "-k", "postcopy or viommu", "--inventory", str(INVENTORY), "--mdevtest-pairs",
+        "host-a->host-b", "--mdevtest-report-dir", str(tmp_path), "-v", "-rs",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "test_postcopy_with_a_vfio_device_is_refused" in proc.stdout
+    assert proc.stdout.count(" PASSED") == 2, proc.stdout[-3000:]
