@@ -98,7 +98,18 @@ class RemoteMachine:
                     f"  command: {quote_argv(self.argv)}\n  log: {self.log_tail()}"
                 )
             time.sleep(0.1)
-        self.connect_qmp(timeout=timeout)
+        try:
+            self.connect_qmp(timeout=timeout)
+        except MachineError as exc:
+            # QEMU makes its QMP socket and pidfile before it realizes the devices: one that
+            # then refuses a device (an option, a migration blocker with enable-migration=on)
+            # is gone by the time QMP is tried. Its own words are in its log.
+            if not self._alive_pidfile():
+                raise MachineError(
+                    f"{self.label}: QEMU exited while starting: {self.log_tail().strip()}\n"
+                    f"  command: {quote_argv(self.argv)}"
+                ) from exc
+            raise
         return self
 
     def _alive_pidfile(self) -> bool:
