@@ -92,7 +92,12 @@ class RemoteMachine:
             if "QMP" in words and words[0].isdigit():
                 self.pid = int(words[0])
                 break
-            if time.monotonic() > deadline or (words and not self._alive_pidfile()):
+            if words and not self._alive_pidfile():
+                raise MachineError(
+                    f"{self.label}: QEMU exited while starting: {self.log_tail().strip()}\n"
+                    f"  command: {quote_argv(self.argv)}"
+                )
+            if time.monotonic() > deadline:
                 raise MachineError(
                     f"{self.label}: QEMU did not come up within {timeout:g} s\n"
                     f"  command: {quote_argv(self.argv)}\n  log: {self.log_tail()}"
