@@ -24,6 +24,7 @@ the run's report dir: ``baseline/`` and ``patched/`` (``summary.json``, ``allure
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -318,6 +319,23 @@ def premerge(
     return result
 
 
+def mtty_module_spec(module: Path, out: Path) -> Path:
+    """Write the provision spec that puts ``module`` on the nested lab's hosts in place of the
+    image's mtty.ko (``premerge --deploy``'s module case): the file replaces
+    :data:`~mdevtest.lab.nested_image.MTTY_MODULE_PATH` (the rollback restores the image's from
+    its backup) and is loaded there; its srcversion is verified."""
+    from mdevtest.lab.nested_image import MTTY_MODULE_PATH
+
+    out.write_text(
+        f"# mtty {module_info(module).srcversion} in place of the image's (mdevtest premerge)\n"
+        "artifacts:\n"
+        f"  - {{kind: file, source: {json.dumps(str(module.resolve()))}, dest: {MTTY_MODULE_PATH}}}\n"
+        "modules:\n"
+        f"  - {{name: mtty, path: {MTTY_MODULE_PATH}}}\n"
+    )
+    return out
+
+
 def premerge_deploy(
     inventory_path: Path,
     spec_path: Path,
@@ -392,6 +410,7 @@ __all__ = [
     "PremergeResult",
     "SuiteRun",
     "deploy_mtty",
+    "mtty_module_spec",
     "premerge",
     "premerge_deploy",
     "run_suite",

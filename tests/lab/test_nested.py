@@ -41,9 +41,9 @@ from mdevtest.diagnose import diagnose, pin
 from mdevtest.errors import MigrationFailed, classify
 from mdevtest.inventory import Inventory, load_inventory
 from mdevtest.lab.nested import NestedLab
-from mdevtest.lab.nested_image import build_nested_images
+from mdevtest.lab.nested_image import build_mtty_module, build_nested_images
 from mdevtest.migration import MigrationPolicy, Migrator
-from mdevtest.premerge import premerge
+from mdevtest.premerge import mtty_module_spec, premerge
 from mdevtest.testbed import Testbed
 from mdevtest.workloads.mtty import last_reports, parse_reports
 from mdevtest.workloads.synthetic import parse_heartbeats
@@ -295,15 +295,23 @@ def test_premerge_passes_the_harmless_patch_and_catches_the_broken_one(
     assert {d.srcversion for d in harmless.deployed} == {harmless.module.srcversion}
     assert harmless.baseline_run is not None
     assert harmless.baseline_run.returncode == 0
-    broken = premerge(
-        INVENTORY, patch=DATA / "mtty-drop-scratch.patch", baseline=harmless.baseline,
-        report_dir=tmp_path / "scratch", pytest_args=pairs,
+    # the same change as a build on any inventory: premerge --deploy with a provision spec
+    images = build_nested_images()
+    module = build_mtty_module(
+        images.host.chroot, images.host.mtty_source, DATA / "mtty-drop-scratch.patch"
+    )
+    spec = mtty_module_spec(module, tmp_path / "scratch.yaml")
+    assert harmless.baseline is not None
+    proc = _mdevtest(
+        "premerge", "--inventory", str(INVENTORY), "--deploy", str(spec),
+        "--baseline", str(harmless.baseline), "--pairs", "host-a->host-b",
+        "--report-dir", str(tmp_path / "scratch"), timeout=SUITE_TIMEOUT_S,
     )  # fmt: skip
-    assert not broken.passed
-    assert broken.patched_run is not None
-    (failure,) = broken.patched_run.failures()
-    assert "mtty-device-state" in failure, failure
-    assert "SCR 0x00 after the migration" in failure, failure
+    assert proc.returncode == 5, proc.stdout[-3000:] + proc.stderr[-3000:]  # rejected
+    verdict = (tmp_path / "scratch" / "premerge.txt").read_text()
+    assert "pre-merge verdict: REJECT" in verdict, verdict
+    assert "mtty-device-state" in verdict, verdict
+    assert "SCR 0x00 after the migration" in verdict, verdict
     # the lab is left with the image's own module
     own = build_nested_images().host.mtty.srcversion
     with Testbed(nested) as testbed:
