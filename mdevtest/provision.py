@@ -743,7 +743,7 @@ def provision_hosts(
     """Provision ``hosts`` in parallel under their leases (``spec`` replaces the inventory's);
     when any fails, every one of them is rolled back (unless ``rollback_on_failure`` is off).
     Raises :class:`ProvisionError` with every host's failure."""
-    from mdevtest.plugin.lease import LeaseManager
+    from mdevtest.lease import LeaseManager
     from mdevtest.testbed import Testbed
 
     specs: dict[str, ProvisionSpec] = {}
@@ -822,7 +822,7 @@ def rollback_hosts(
     inventory: Inventory, hosts: Sequence[str], *, progress: Progress = _quiet, run_id: str = "provision"
 ) -> list[HostOutcome]:
     """Roll back the recorded build of each of ``hosts`` (in parallel, under their leases)."""
-    from mdevtest.plugin.lease import LeaseManager
+    from mdevtest.lease import LeaseManager
     from mdevtest.testbed import Testbed
 
     outcomes = {name: HostOutcome(name) for name in hosts}

@@ -30,7 +30,7 @@ from mdevtest.migration import MigrationPolicy, TimelinePoint
 from mdevtest.migration_run import MigrationOutcome
 from mdevtest.plugin.asserts import assert_no_destination_left, assert_still_on_source
 from mdevtest.plugin.fixtures import last_outcome
-from mdevtest.plugin.lease import LeaseManager
+from mdevtest.lease import LeaseManager
 from mdevtest.testbed import Testbed
 
 pytestmark = [pytest.mark.destructive, pytest.mark.pairs("host-a->host-b")]

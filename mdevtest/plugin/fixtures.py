@@ -25,8 +25,8 @@ from mdevtest.plugin.progress import progress_writer
 if TYPE_CHECKING:
     from mdevtest.guest import Guest
     from mdevtest.inventory import HostPair, Limits
+    from mdevtest.lease import LeaseManager
     from mdevtest.migration import MigrationPolicy
-    from mdevtest.plugin.lease import LeaseManager
     from mdevtest.preflight import PreflightReport
     from mdevtest.testbed import Testbed
 
@@ -87,7 +87,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Testbed]:
 @pytest.fixture(scope="session")
 def leases(request: pytest.FixtureRequest, lab: Testbed) -> Iterator[LeaseManager]:
     """This test process's host leases (released at the end, or taken over after a crash)."""
-    from mdevtest.plugin.lease import LeaseManager
+    from mdevtest.lease import LeaseManager
 
     state = state_of(request.config)
 

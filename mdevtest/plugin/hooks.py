@@ -117,6 +117,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="overall deadline of one test (s); the lab state is recorded, then it fails (0: none)",
     )
     group.addoption(
+        "--mdevtest-provision",
+        dest="mdevtest_provision",
+        default=None,
+        metavar="SPEC",
+        help="before the suites, put a build on every host of the inventory (docs/"
+        "provisioning.md): SPEC is a provision spec file, or 'inventory' for the inventory's "
+        "provision: sections; rolled back at the end unless --mdevtest-keep-build",
+    )
+    group.addoption(
+        "--mdevtest-keep-build",
+        dest="mdevtest_keep_build",
+        action="store_true",
+        help="leave the build of --mdevtest-provision on the hosts at the end",
+    )
+    group.addoption(
         "--mdevtest-keep-lab",
         dest="mdevtest_keep_lab",
         action="store_true",
@@ -186,6 +201,9 @@ def pytest_configure(config: pytest.Config) -> None:
         required_checks=_required_checks(config.getoption("mdevtest_require_checks")),
     )
     config.stash[STATE] = state
+    from mdevtest.plugin.progress import STARTED
+
+    config.stash[STARTED] = state.started
     baseline = config.getoption("mdevtest_baseline")
     if baseline and state.is_controller:
         from mdevtest.report.baseline import BaselineError, load_summary
@@ -315,6 +333,40 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         from mdevtest.report.summary import SummaryWriter
 
         SummaryWriter(state.report_dir).reset()
+    spec = session.config.getoption("mdevtest_provision")
+    if spec and state.is_controller and state.inventory is not None:
+        _provision_before_the_suites(session.config, state, str(spec))
+
+
+#: The hosts ``--mdevtest-provision`` provisioned (rolled back at the session's end).
+PROVISIONED = pytest.StashKey[list[str]]()
+
+
+def _provision_before_the_suites(config: pytest.Config, state: SessionState, spec_arg: str) -> None:
+    """``--mdevtest-provision``: the local lab up first (if the inventory has one), then the
+    build on every host, under their leases; a build that fails is rolled back and ends the
+    session (exit 4: the lab, not the product)."""
+    from mdevtest.errors import MdevtestError
+    from mdevtest.inventory import load_provision_spec
+    from mdevtest.lab import make_lab
+    from mdevtest.lab.local import record_started_by
+    from mdevtest.plugin.progress import progress_writer
+    from mdevtest.provision import provision_hosts
+
+    inventory = state.inventory
+    assert inventory is not None
+    progress = progress_writer(config)
+    try:
+        spec = None if spec_arg == "inventory" else load_provision_spec(spec_arg)
+        if inventory.local_lab is not None:
+            lab = make_lab(inventory)
+            if lab.up(progress):
+                record_started_by(lab, state.run_id)  # taken down at the session's end
+        hosts = [h.name for h in inventory.hosts]
+        provision_hosts(inventory, hosts, spec=spec, progress=progress, run_id=state.run_id)
+    except MdevtestError as exc:
+        pytest.exit(f"--mdevtest-provision: {exc}", returncode=4)
+    config.stash[PROVISIONED] = hosts
 
 
 @pytest.hookimpl(wrapper=True)
@@ -374,6 +426,9 @@ def pytest_runtest_makereport(
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = state_of(session.config)
+    provisioned = session.config.stash.get(PROVISIONED, [])
+    if provisioned and state.is_controller and state.inventory is not None:
+        _roll_back_after_the_suites(session, state, provisioned)
     alluredir = getattr(session.config.option, "allure_report_dir", None)
     if alluredir and state.is_controller:
         from mdevtest.report.allure_meta import write_categories, write_executor_from_env
@@ -443,6 +498,30 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     pairs = [(p.id, p.source, p.destination) for p in state.inventory.pairs]
     return HostSetScheduling(config, log, pairs)
+
+
+def _roll_back_after_the_suites(session: pytest.Session, state: SessionState, hosts: list[str]) -> None:
+    """The end of ``--mdevtest-provision``: roll the build back (unless --mdevtest-keep-build),
+    then take down a local lab this session brought up for it."""
+    from mdevtest.errors import MdevtestError
+    from mdevtest.lab import make_lab
+    from mdevtest.lab.local import started_by
+    from mdevtest.plugin.progress import progress_writer
+    from mdevtest.provision import rollback_hosts
+
+    inventory = state.inventory
+    assert inventory is not None
+    progress = progress_writer(session.config)
+    if not session.config.getoption("mdevtest_keep_build"):
+        try:
+            rollback_hosts(inventory, hosts, progress=progress, run_id=state.run_id)
+        except MdevtestError as exc:
+            progress(f"--mdevtest-provision: {exc}")
+            session.exitstatus = 4
+    if inventory.local_lab is not None and not state.keep_lab:
+        lab = make_lab(inventory)
+        if started_by(lab) == state.run_id:
+            lab.down(progress)
 
 
 def _take_down_lab_workers_started(state: SessionState) -> None:

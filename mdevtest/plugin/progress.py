@@ -16,8 +16,10 @@ from collections.abc import Callable
 
 import pytest
 
-from mdevtest.plugin.hooks import state_of
 from mdevtest.report.terminal import progress_line
+
+#: When the session started (the plugin sets it when it configures): lines count from here.
+STARTED = pytest.StashKey[float]()
 
 
 def progress_writer(config: pytest.Config) -> Callable[[str], None]:
@@ -25,7 +27,7 @@ def progress_writer(config: pytest.Config) -> Callable[[str], None]:
     plugins = config.pluginmanager
     reporter = plugins.get_plugin("terminalreporter")
     capture = plugins.get_plugin("capturemanager")
-    started = state_of(config).started
+    started = config.stash.get(STARTED, time.monotonic())
 
     def progress(message: str) -> None:
         if reporter is None:

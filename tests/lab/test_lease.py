@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from mdevtest.plugin.lease import LeaseError, LeaseManager
+from mdevtest.lease import LeaseError, LeaseManager
 from mdevtest.testbed import Testbed
 
 

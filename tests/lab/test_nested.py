@@ -441,3 +441,30 @@ def test_qemu_refuses_postcopy_and_a_viommu_with_the_mdev(nested: Inventory, tmp
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "test_postcopy_with_a_vfio_device_is_refused" in proc.stdout
     assert proc.stdout.count(" PASSED") == 2, proc.stdout[-3000:]
+
+
+def test_the_plugin_provisions_before_the_suites_and_rolls_back_after(
+    nested: Inventory, tmp_path: Path
+) -> None:
+    """``pytest --mdevtest-provision SPEC``: the build (an mtty.ko with another version) is on
+    both hosts while the suite runs, the summary says so, and it is gone afterwards."""
+    images = build_nested_images()
+    module = build_mtty_module(images.host.chroot, images.host.mtty_source, DATA / "mtty-version.patch")
+    spec = mtty_module_spec(module, tmp_path / "version.yaml")
+    argv = [
+        sys.executable, "-m", "pytest", "suites/test_migration_basic.py", "-p", "no:cacheprovider",
+        "--inventory", str(INVENTORY), "--mdevtest-pairs", "host-a->host-b",
+        "--mdevtest-provision", str(spec), "--mdevtest-report-dir", str(tmp_path / "reports"), "-q",
+    ]  # fmt: skip
+    proc = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    (m,) = json.loads((tmp_path / "reports" / "summary.json").read_text())["migrations"]
+    for host in ("host-a", "host-b"):
+        assert m["builds"][host]["provision"].startswith("provisioned "), m["builds"]
+        assert "mtty" in m["builds"][host]["provision"], m["builds"]
+    own = images.host.mtty.srcversion
+    for release, _, srcversion in _running(nested).values():
+        assert srcversion == own, "the build was not rolled back"
+        assert release == images.host.kernel_version

@@ -30,7 +30,7 @@ from mdevtest.errors import (
     StateError,
     classify,
 )
-from mdevtest.plugin.lease import LeaseError
+from mdevtest.lease import LeaseError
 from mdevtest.plugin.watchdog import DeadlineExceeded
 from mdevtest.qemu.caps import DeviceOptionError
 
