@@ -26,11 +26,11 @@ from mdevtest.guest import Guest
 from mdevtest.inventory import HostPair
 from mdevtest.lab import faults
 from mdevtest.lab.local import LocalLab
+from mdevtest.lease import LeaseManager
 from mdevtest.migration import MigrationPolicy, TimelinePoint
 from mdevtest.migration_run import MigrationOutcome
 from mdevtest.plugin.asserts import assert_no_destination_left, assert_still_on_source
 from mdevtest.plugin.fixtures import last_outcome
-from mdevtest.lease import LeaseManager
 from mdevtest.testbed import Testbed
 
 pytestmark = [pytest.mark.destructive, pytest.mark.pairs("host-a->host-b")]
