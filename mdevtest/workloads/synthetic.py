@@ -59,6 +59,10 @@ _SYNC = 0xB2
 _END = 0x4D
 
 _HB = re.compile(r"MDT-HB seq=(\d+) t=(\d+)")
+#: A kernel console message (``[   31.258220] random: crng init done``) that the kernel printed
+#: between a workload line's text and its newline: the line is whole, the message follows it
+#: (seen on the desktop guest's console; the newline then comes after the kernel's own).
+_KMSG_TAIL = re.compile(r"\[\s*\d+\.\d+\] .*")
 _FRAME = re.compile(r"MDT-FRAME n=(\d+) t=(\d+)(?: late=(\d+))?")
 _BOOT = re.compile(r"MDT-BOOT uptime_ms=(\d+)(?: .*)?")
 _READY = re.compile(r"MDT-READY( fb=.*)")  # other workloads (mtty) print READY lines too
@@ -111,12 +115,22 @@ def _complete_lines(text: str) -> Iterator[str]:
 
 
 def parse_heartbeats(text: str) -> list[Heartbeat]:
-    """Every well-formed ``MDT-HB`` line of a console log, in log order."""
-    beats = []
+    """Every well-formed ``MDT-HB`` line of a console log, in log order (also one the kernel's
+    console wrote a message into before its newline, when its time is intact)."""
+    beats: list[Heartbeat] = []
     for line in _complete_lines(text):
         m = _HB.fullmatch(line)
         if m:
             beats.append(Heartbeat(seq=int(m[1]), t_ns=int(m[2])))
+            continue
+        # A kernel message right after the line's text, before its newline. The time may have
+        # been cut by the message ("t=26[  2.62] ..."): the line counts only when its time is
+        # later than the previous heartbeat's with at least as many digits.
+        m = _HB.match(line)
+        if m and _KMSG_TAIL.fullmatch(line, m.end()) and beats:
+            prev = beats[-1].t_ns
+            if int(m[2]) > prev and len(m[2]) >= len(str(prev)):
+                beats.append(Heartbeat(seq=int(m[1]), t_ns=int(m[2])))
     return beats
 
 

@@ -554,3 +554,16 @@ def test_a_config_space_change_is_named_by_register() -> None:
     after[0x14:0x18] = (0xC001).to_bytes(4, "little")
     assert config_changes(before, bytes(after)) == "BAR1 0x00000000 -> 0x0000c001"
     assert config_changes(None, bytes(after)) == ""
+
+
+def test_a_heartbeat_the_kernel_printed_into_before_its_newline_counts() -> None:
+    # Captured from the desktop guest's console in a CI run (suites/test_workloads.py,
+    # ffmpeg-sw-encode): the kernel's message came between the line and its newline.
+    log = (
+        "MDT-HB seq=350 t=31204158165\n"
+        "MDT-HB seq=351 t=31223874261[   31.258220] random: crng init done\n"
+        "\n"
+        "MDT-HB seq=352 t=31243901861\n"
+    )
+    assert [b.seq for b in parse_heartbeats(log)] == [350, 351, 352]
+    assert parse_heartbeats(log)[1] == Heartbeat(351, 31223874261)
