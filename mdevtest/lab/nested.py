@@ -518,6 +518,11 @@ def _ssh_banner(port: int, timeout: float) -> bool:
 
 def _require_free(port: int, kind: socket.SocketKind, what: str) -> None:
     with socket.socket(socket.AF_INET, kind) as sock:
+        if kind == socket.SOCK_STREAM:
+            # As QEMU's own listener (libslirp's hostfwd) does: connections of the previous lab
+            # in TIME_WAIT do not hold the port (a `lab down; lab up` within a minute), a
+            # listener still does.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:
