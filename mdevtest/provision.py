@@ -46,7 +46,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -704,9 +704,23 @@ fi""",
         return problems
 
 
-def _reap(testbed: Testbed, host: str) -> None:
-    """Holding the lease: what a dead run left on ``host`` goes (``rmmod`` needs no mdev)."""
-    testbed.reap_host(host)
+@contextlib.contextmanager
+def _leased(inventory: Inventory, hosts: Sequence[str], *, run_id: str, ttl: float) -> Iterator[Testbed]:
+    """A Testbed holding ``hosts``' leases (``ttl``: longer than a boot, whose heartbeats fail),
+    what a dead run left on each reaped once its lease is taken (``rmmod`` needs no mdev)."""
+    from mdevtest.lease import LeaseManager
+    from mdevtest.testbed import Testbed
+
+    with Testbed(inventory, run_id=run_id) as testbed:
+
+        def reap(host: str) -> None:
+            testbed.reap_host(host)
+
+        with LeaseManager(
+            testbed.pool, run_id=run_id, worker="provision", ttl=ttl, on_acquire=reap
+        ) as leases:
+            leases.hold(list(hosts))
+            yield testbed
 
 
 def _now() -> str:
@@ -743,9 +757,6 @@ def provision_hosts(
     """Provision ``hosts`` in parallel under their leases (``spec`` replaces the inventory's);
     when any fails, every one of them is rolled back (unless ``rollback_on_failure`` is off).
     Raises :class:`ProvisionError` with every host's failure."""
-    from mdevtest.lease import LeaseManager
-    from mdevtest.testbed import Testbed
-
     specs: dict[str, ProvisionSpec] = {}
     for name in hosts:
         found = spec if spec is not None else inventory.provision_of(name)
@@ -768,17 +779,7 @@ def provision_hosts(
     bid = build_id(list(specs.values()))
     outcomes = {name: HostOutcome(name) for name in hosts}
     ttl = max(s.boot_timeout_s for s in specs.values()) + 120.0
-    with (
-        Testbed(inventory, run_id=run_id) as testbed,
-        LeaseManager(
-            testbed.pool,
-            run_id=run_id,
-            worker="provision",
-            ttl=ttl,
-            on_acquire=lambda h: _reap(testbed, h),
-        ) as leases,
-    ):
-        leases.hold(list(hosts))
+    with _leased(inventory, hosts, run_id=run_id, ttl=ttl) as testbed:
         provisioners = {
             n: HostProvisioner(testbed.remote(n), specs[n],
                                qemu_binary=inventory.host(n).qemu_binary, progress=progress)
@@ -822,21 +823,8 @@ def rollback_hosts(
     inventory: Inventory, hosts: Sequence[str], *, progress: Progress = _quiet, run_id: str = "provision"
 ) -> list[HostOutcome]:
     """Roll back the recorded build of each of ``hosts`` (in parallel, under their leases)."""
-    from mdevtest.lease import LeaseManager
-    from mdevtest.testbed import Testbed
-
     outcomes = {name: HostOutcome(name) for name in hosts}
-    with (
-        Testbed(inventory, run_id=run_id) as testbed,
-        LeaseManager(
-            testbed.pool,
-            run_id=run_id,
-            worker="provision",
-            ttl=1020.0,
-            on_acquire=lambda h: _reap(testbed, h),
-        ) as leases,
-    ):
-        leases.hold(list(hosts))
+    with _leased(inventory, hosts, run_id=run_id, ttl=1020.0) as testbed:
 
         def one(name: str) -> None:
             p = HostProvisioner(
