@@ -248,6 +248,23 @@ def run_suite(
     return run
 
 
+def _baseline_run(
+    inventory_path: Path,
+    suite: str,
+    report_dir: Path,
+    pytest_args: Sequence[str],
+    progress: Progress,
+) -> SuiteRun:
+    """The suite on what the hosts run now, into ``report_dir/baseline``; it must write a summary."""
+    run = run_suite("baseline", inventory_path, suite, report_dir / "baseline", pytest_args,
+                    progress=progress)  # fmt: skip
+    if not run.summary.exists():
+        raise LabError(
+            f"pre-merge: the baseline run wrote no summary; see {run.report_dir / 'pytest.log'}"
+        )
+    return run
+
+
 def premerge(
     inventory_path: Path,
     *,
@@ -291,15 +308,7 @@ def premerge(
     try:
         if baseline is None:
             deploy_mtty(inventory, pristine, progress=progress)
-            result.baseline_run = run_suite(
-                "baseline", inventory_path, suite, report_dir / "baseline", pytest_args,
-                progress=progress,
-            )  # fmt: skip
-            if not result.baseline_run.summary.exists():
-                raise LabError(
-                    f"pre-merge: the baseline run wrote no summary; see "
-                    f"{result.baseline_run.report_dir / 'pytest.log'}"
-                )
+            result.baseline_run = _baseline_run(inventory_path, suite, report_dir, pytest_args, progress)
             result.baseline = result.baseline_run.summary
         try:
             result.deployed = deploy_mtty(inventory, module, progress=progress)
@@ -372,15 +381,7 @@ def premerge_deploy(
     started = lab.up(progress) if lab is not None else False
     try:
         if baseline is None:
-            result.baseline_run = run_suite(
-                "baseline", inventory_path, suite, report_dir / "baseline", pytest_args,
-                progress=progress,
-            )  # fmt: skip
-            if not result.baseline_run.summary.exists():
-                raise LabError(
-                    f"pre-merge: the baseline run wrote no summary; see "
-                    f"{result.baseline_run.report_dir / 'pytest.log'}"
-                )
+            result.baseline_run = _baseline_run(inventory_path, suite, report_dir, pytest_args, progress)
             result.baseline = result.baseline_run.summary
         provisioned = False
         try:
