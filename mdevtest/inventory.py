@@ -413,6 +413,9 @@ class Host(_Model):
     """The matching variable store template; each UEFI guest gets its own copy."""
     provision: ProvisionSpec | None = None
     """This host's build (replaces the inventory's top-level ``provision`` for it)."""
+    libvirt_socket: RemotePath = "/var/run/libvirt/libvirt-sock"
+    """The libvirt daemon's socket on the host, for pairs with ``backend: libvirt``
+    (``/var/run/libvirt/virtqemud-sock`` where the modular daemons run, e.g. RHEL 9)."""
 
 
 _VF_VENDORS = frozenset({"xe-sriov", "nvidia-vfio", "vfio-variant", "sim-xe-sriov", "sim-nvidia-vfio"})
@@ -482,6 +485,22 @@ class HostPair(_Model):
     """Address of the destination on the migration network, where its QEMU listens."""
     migration_port: Port = 4444
     vgpu: VgpuSpec | None = None
+    backend: Literal["qemu", "libvirt"] = "qemu"
+    """Who runs the guests: ``qemu`` (mdevtest starts QEMU and drives QMP itself) or
+    ``libvirt`` (the guest is a libvirt domain, migrated through libvirt's API; docs/libvirt.md)."""
+    libvirt_peer_uri: NonEmptyStr | None = None
+    """``backend: libvirt`` only: migrate peer-to-peer (the source's libvirtd drives it) to this
+    libvirt URI of the destination as the *source host* reaches it, e.g.
+    ``qemu+tcp://198.18.1.12/system``; unset: the controller drives both daemons (direct)."""
+
+    @model_validator(mode="after")
+    def _peer_uri_needs_libvirt(self) -> HostPair:
+        if self.libvirt_peer_uri is not None and self.backend != "libvirt":
+            raise ValueError(
+                "libvirt_peer_uri applies to backend: libvirt only: set backend: libvirt or "
+                "remove libvirt_peer_uri"
+            )
+        return self
 
     @property
     def id(self) -> str:

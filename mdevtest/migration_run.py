@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from mdevtest.report.headline import MigrationHeadline
     from mdevtest.report.summary import SummaryEntry
     from mdevtest.testbed import Testbed, VgpuAllocation
+    from mdevtest.virt.migration import LibvirtMigrator
 
 
 @dataclass
@@ -287,14 +288,29 @@ class MigrationRunner:
                 name = "VF" if vgpu.kind == "vf" else "mdev uuid"
                 history_safe_parameter(f"{name} ({role})", vgpu.instance.uuid)
         self.outcomes.append(outcome)
-        migrator = Migrator(
-            source,
-            destination,
-            uri=lab.migration_uri(route),
-            policy=policy,
-            # QEMU 9.1+: a destination that fails to load stays up and says why (diagnose)
-            keep_failed_destination=lab.facts(route.destination).qemu_caps.incoming_exit_on_error,
-        )
+        migrator: Migrator | LibvirtMigrator
+        if route.backend == "libvirt":
+            from mdevtest.virt.machine import LibvirtMachine
+            from mdevtest.virt.migration import LibvirtMigrator
+
+            assert isinstance(source, LibvirtMachine)
+            assert isinstance(destination, LibvirtMachine)
+            migrator = LibvirtMigrator(
+                source,
+                destination,
+                uri=lab.migration_uri(route),
+                policy=policy,
+                peer_uri=route.libvirt_peer_uri,
+            )
+        else:
+            migrator = Migrator(
+                source,
+                destination,
+                uri=lab.migration_uri(route),
+                policy=policy,
+                # QEMU 9.1+: a destination that fails to load stays up and says why (diagnose)
+                keep_failed_destination=lab.facts(route.destination).qemu_caps.incoming_exit_on_error,
+            )
         # titled "migrate host-a->host-b: downtime 45 ms (observed 61 ms), total 2.8 s" once known
         with step(f"migrate {route.id} over {migrator.uri}", {"uri": migrator.uri}) as outcome.step:
             attach_json("migration policy", policy.describe())
@@ -440,6 +456,10 @@ def summary_extra(lab: Testbed, outcome: MigrationOutcome, verdict: str) -> dict
         "guest_image": lab.image().description,
         "vgpu": vgpu_entry(route, vgpus),
         "dirty_tracking_mode": dirty_tracking_mode(route, src_facts),
+        "backend": route.backend,
+        "libvirt_mode": (
+            ("p2p" if route.libvirt_peer_uri else "direct") if route.backend == "libvirt" else None
+        ),
         "checks": outcome.checks,
     }
 

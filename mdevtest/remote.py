@@ -496,8 +496,11 @@ class Remote:
 
     # -- sockets ---------------------------------------------------------------------------------
 
-    def open_unix_socket(self, path: str, *, timeout: float = 10.0) -> UnixSocketBridge:
-        """Connect to a UNIX socket on the host; return a bridge whose ``.sock`` is local.
+    def open_unix_socket(
+        self, path: str, *, timeout: float = 10.0, attach: socket.socket | None = None
+    ) -> UnixSocketBridge:
+        """Connect to a UNIX socket on the host; return a bridge whose ``.sock`` is local
+        (``attach``: pump that socket of the caller's instead of a new one).
 
         The host needs ``socat``. ``timeout`` bounds the connect; the bridge then lives until closed.
         """
@@ -507,7 +510,7 @@ class Remote:
             channel.exec_command(quote_argv(["socat", "-", f"UNIX-CONNECT:{path}"]))
         except (paramiko.SSHException, OSError) as exc:
             raise RemoteError(self.name, f"cannot open a channel to {path}: {exc}") from exc
-        return UnixSocketBridge(self.name, path, channel)
+        return UnixSocketBridge(self.name, path, channel, attach)
 
 
 @dataclass
@@ -522,8 +525,14 @@ class UnixSocketBridge:
     _thread: threading.Thread = field(init=False)
     _closed: threading.Event = field(init=False)
 
+    attach: socket.socket | None = None
+    """A socket of the caller's (an accepted connection) to pump instead of a new pair."""
+
     def __post_init__(self) -> None:
-        self.sock, self._inner = socket.socketpair()
+        if self.attach is not None:
+            self.sock = self._inner = self.attach
+        else:
+            self.sock, self._inner = socket.socketpair()
         self._closed = threading.Event()
         self._thread = threading.Thread(
             target=self._pump, name=f"bridge {self.host}:{self.path}", daemon=True

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from mdevtest.errors import GuestError, MachineError, MdevError, MdevtestError
 from mdevtest.guest.image import BootImage, sha256_file
@@ -31,6 +32,9 @@ from mdevtest.qemu.machine import RemoteMachine, reap
 from mdevtest.remote import Remote, RemotePool
 from mdevtest.sriov import VfInstance, VfManager
 from mdevtest.vendors import get_profile
+
+if TYPE_CHECKING:
+    from mdevtest.virt.connection import LibvirtLink
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class Testbed:
         self._pending: dict[str, list[tuple[RemoteMachine, VgpuAllocation | None]]] = {}
         # (host, PF) whose VFs this session enabled: restored as found at close
         self._provisioned: set[tuple[str, str]] = set()
+        self._libvirt: dict[str, LibvirtLink] = {}  # host -> its libvirtd (backend libvirt)
 
     def remote(self, host: str) -> Remote:
         return self.pool[host]
@@ -120,6 +125,24 @@ class Testbed:
             if host not in self._facts:
                 self._facts[host] = probe_host(self.remote(host))
             return self._facts[host]
+
+    def libvirt(self, host: str) -> LibvirtLink:
+        """The connection to ``host``'s libvirtd (opened once per session)."""
+        from mdevtest.virt.connection import LibvirtLink
+
+        with self._lock:
+            link = self._libvirt.get(host)
+            if link is None:
+                remote = self.remote(host)
+                link = LibvirtLink(remote, socket_path=remote.host.libvirt_socket)
+                self._libvirt[host] = link
+            return link
+
+    def uses_libvirt(self, host: str) -> bool:
+        """A pair of the inventory runs guests on ``host`` through libvirt."""
+        return any(
+            p.backend == "libvirt" and host in (p.source, p.destination) for p in self.inventory.pairs
+        )
 
     def mdevs(self, host: str, pair: HostPair | None = None) -> MdevManager:
         """The mdev manager of ``host`` (mdevctl when the pair's vGPU spec asks for it)."""
@@ -145,6 +168,10 @@ class Testbed:
         """
         done = self.flush_pending(host)
         left = reap(self.remote(host), keep_run=self.run_id)
+        if self.uses_libvirt(host):
+            from mdevtest.virt.machine import reap_domains
+
+            left += reap_domains(self.remote(host), keep_run=self.run_id)
         mdevs = [f"mdev {u}" for u in self.mdevs(host).reap(keep_owner=self.run_id)]
         vfs: list[str] = []
         if self.remote(host).host.state_dir is not None:
@@ -536,6 +563,7 @@ class Testbed:
             extra_append=extra_append,
             qemu_args=qemu_args,
             machine_type=self.machine_type(pair),
+            backend=pair.backend,
         )
         try:
             machine.start()
@@ -580,8 +608,12 @@ class Testbed:
         extra_append: str = "",
         qemu_args: tuple[str, ...] = (),
         machine_type: str = "q35",
+        backend: str = "qemu",
+        domain_of: RemoteMachine | None = None,
     ) -> RemoteMachine:
-        """A machine object owning ``vgpu`` (released with it); the mdev goes if this fails."""
+        """A machine object owning ``vgpu`` (released with it); the mdev goes if this fails.
+        ``backend`` libvirt: a libvirt domain (``domain_of``: the source whose domain, name and
+        uuid, a destination continues)."""
         try:
             spec = self.machine_spec(
                 host,
@@ -593,7 +625,7 @@ class Testbed:
             )
             if incoming:
                 spec = spec.as_destination()
-            machine = RemoteMachine(self.remote(host), spec, run_id=self.run_id)
+            machine = self._new_machine(host, spec, backend, domain_of)
         except BaseException:
             if vgpu is not None:
                 self.release_vgpu(vgpu)
@@ -604,6 +636,25 @@ class Testbed:
         self._machines.append(machine)
         return machine
 
+    def _new_machine(
+        self, host: str, spec: MachineSpec, backend: str, domain_of: RemoteMachine | None
+    ) -> RemoteMachine:
+        if backend == "qemu":
+            return RemoteMachine(self.remote(host), spec, run_id=self.run_id)
+        from mdevtest.virt.machine import LibvirtMachine
+
+        name = dom_uuid = None
+        if isinstance(domain_of, LibvirtMachine):  # the guest keeps its domain name and uuid
+            name, dom_uuid = domain_of.domain_name, domain_of.domain_uuid
+        return LibvirtMachine(
+            self.remote(host),
+            spec,
+            run_id=self.run_id,
+            link=lambda: self.libvirt(host),
+            domain_name=name,
+            domain_uuid=dom_uuid,
+        )
+
     def start_destination(self, pair: HostPair, source: RemoteMachine) -> RemoteMachine:
         """Start the same device model on the pair's destination, waiting for ``-incoming``."""
         facts_src, facts_dst = self.facts(pair.source), self.facts(pair.destination)
@@ -611,6 +662,14 @@ class Testbed:
             raise MachineError(
                 f"{pair.id}: source runs {facts_src.accel}, destination {facts_dst.accel}; "
                 "set the same `accel` on both hosts in the inventory"
+            )
+        from mdevtest.virt.machine import LibvirtMachine
+
+        if isinstance(source, LibvirtMachine) != (pair.backend == "libvirt"):
+            runs = "libvirt" if isinstance(source, LibvirtMachine) else "qemu"
+            raise MachineError(
+                f"{pair.id}: the guest runs under backend {runs}, the pair has backend "
+                f"{pair.backend}; give both directions of a round trip the same backend"
             )
         src_vgpu = self.vgpus.get(source.tag)
         # The destination's mdev must exist before QEMU starts with -incoming.
@@ -624,6 +683,8 @@ class Testbed:
             incoming=True,
             qemu_args=self._qemu_args.get(source.tag, ()),
             machine_type=source.spec.machine,  # the guest's machine type never changes
+            backend=pair.backend,
+            domain_of=source,
         )
         # The same kernel command line as the source (the guest's workload options live there).
         machine.spec = replace(machine.spec, append=source.spec.append)
@@ -664,6 +725,9 @@ class Testbed:
         try:
             self.restore_vfs()
         finally:
+            for link in self._libvirt.values():
+                link.close()
+            self._libvirt.clear()
             self.pool.close()
 
     def __enter__(self) -> Testbed:

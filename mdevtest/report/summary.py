@@ -8,7 +8,8 @@ see below); the entry is validated when it is built (:func:`migration_entry`,
 Readers (the terminal table, the baseline gate, ``mdevtest premerge``, ``mdevtest export``)
 parse with :func:`read_summary` / :func:`parse_summary` and use attributes, not dict keys.
 
-``schema_version`` is 3 (``builds``: each host's kernel, QEMU and provisioned build). Version 2
+``schema_version`` is 4 (``backend`` and ``libvirt_mode``: who ran the guest and migrated it).
+Version 3 added ``builds``: each host's kernel, QEMU and provisioned build. Version 2
 added ``vgpu.kind``, ``vgpu.devices`` and ``vgpu.kernel_migration``, and the ``aborted`` status: a
 migration that ended without a final QEMU status now has an entry; version 1 has the same shape
 without them. A file without it (written before it existed) is version 0, of
@@ -66,7 +67,7 @@ if TYPE_CHECKING:
 FRAGMENTS = "summary.d"
 SUMMARY = "summary.json"
 #: The version this mdevtest writes; it reads this one and every older one.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
@@ -221,6 +222,18 @@ class SummaryEntry(_Model):
     )
     dirty_tracking_mode: Literal["device", "off"] | None = Field(
         default=None, description=METHODS["dirty_tracking_mode"]
+    )
+    backend: Literal["qemu", "libvirt"] | None = Field(
+        default=None,
+        description="Who ran the guest and migrated it: ``qemu`` (mdevtest over QMP) or "
+        "``libvirt`` (a libvirt domain migrated through libvirt's API; the figures are then "
+        "libvirt's job statistics, see ``methods``).",
+    )
+    libvirt_mode: Literal["direct", "p2p"] | None = Field(
+        default=None,
+        description="With backend libvirt: ``direct`` (the controller drove both daemons, "
+        "virDomainMigrate3) or ``p2p`` (the source's libvirtd drove it, virDomainMigrateToURI3 "
+        "with VIR_MIGRATE_PEER2PEER); None otherwise.",
     )
     status: MigrationStatus | None = Field(default=None, description="QEMU's final migration status.")
     verdict: Verdict | None = Field(default=None, description="The test's outcome.")

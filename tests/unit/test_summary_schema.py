@@ -91,6 +91,8 @@ def fixture_outcome() -> MigrationOutcome:
         source="host-a",
         destination="host-b",
         vgpu=SimpleNamespace(vendor="mtty", type="mtty-2", parent="mtty", is_vf=False),
+        backend="libvirt",
+        libvirt_peer_uri="qemu+tcp://198.18.1.12/system",
     )
     vgpu = SimpleNamespace(
         instance=SimpleNamespace(uuid="83b8f4f2", parent="mtty"),
@@ -209,7 +211,7 @@ def test_the_summary_file_has_a_schema_version_and_reads_back(tmp_path: Path) ->
     path = writer.merge(meta={"inventory": "inventory/local-lab.yaml"})
     assert path is not None
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == SCHEMA_VERSION == 3
+    assert doc["schema_version"] == SCHEMA_VERSION == 4
     assert doc["inventory"] == "inventory/local-lab.yaml"
     assert [e["test_id"] for e in doc["migrations"]] == ["a.py::test_first", TEST_ID]
     assert doc["migrations"][0] == {"test_id": "a.py::test_first", "status": "failed",
@@ -256,8 +258,8 @@ def test_a_file_without_schema_version_is_version_0_of_the_same_shape(tmp_path: 
 
 def test_readers_say_what_is_wrong_with_a_file(tmp_path: Path) -> None:
     path = tmp_path / "summary.json"
-    path.write_text(json.dumps({"schema_version": 4, "migrations": []}))
-    with pytest.raises(SummaryError, match="schema_version 4 is newer than this mdevtest reads"):
+    path.write_text(json.dumps({"schema_version": 5, "migrations": []}))
+    with pytest.raises(SummaryError, match="schema_version 5 is newer than this mdevtest reads"):
         read_summary(path)
     path.write_text(json.dumps({"migrations": [{"test_id": "t"}, {"test_id": "u", "downtime": 5}]}))
     with pytest.raises(SummaryError, match=r"migrations\[1\]\.downtime: Extra inputs"):
