@@ -346,7 +346,7 @@ def migration_entry(
         **result.figures(),
         "ram_total_bytes": result.ram_total_bytes,
         "error_desc": result.error_desc,
-        "methods": dict(METHODS),
+        "methods": dict(result.methods),
         "coverage": (
             coverage.to_json()
             if coverage is not None
