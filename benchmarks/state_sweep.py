@@ -49,7 +49,9 @@ def say(message: str) -> None:
     print(f"[state-sweep {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def sweep(inventory_path: Path, sizes: list[int], repeat: int) -> list[dict[str, Any]]:
+def sweep(
+    inventory_path: Path, sizes: list[int], repeat: int, policy: MigrationPolicy
+) -> list[dict[str, Any]]:
     inventory = load_inventory(inventory_path)
     pair = inventory.pairs[0]
     hosts = [pair.source, pair.destination]
@@ -63,7 +65,7 @@ def sweep(inventory_path: Path, sizes: list[int], repeat: int) -> list[dict[str,
             spec = load_provision_spec(mtty_module_spec(module, Path(tmp) / "pad.yaml"))
             provision_hosts(inventory, hosts, spec=spec, progress=say, run_id="state-sweep")
         try:
-            rows = _migrate_each(inventory_path, sizes * repeat)
+            rows = _migrate_each(inventory_path, sizes * repeat, policy)
         finally:
             rollback_hosts(inventory, hosts, progress=say, run_id="state-sweep")
     finally:
@@ -72,7 +74,9 @@ def sweep(inventory_path: Path, sizes: list[int], repeat: int) -> list[dict[str,
     return rows
 
 
-def _migrate_each(inventory_path: Path, sizes: list[int]) -> list[dict[str, Any]]:
+def _migrate_each(
+    inventory_path: Path, sizes: list[int], policy: MigrationPolicy
+) -> list[dict[str, Any]]:
     inventory = load_inventory(inventory_path)
     rows: list[dict[str, Any]] = []
     with Testbed(inventory) as testbed:
@@ -89,7 +93,7 @@ def _migrate_each(inventory_path: Path, sizes: list[int]) -> list[dict[str, Any]
                     current,
                     destination,
                     uri=testbed.migration_uri(route),
-                    policy=MigrationPolicy(600),
+                    policy=policy,
                     keep_failed_destination=True,
                 )
                 row: dict[str, Any] = {"pad_kib": size, "pair": route.id}
@@ -157,14 +161,26 @@ def main() -> None:
     parser.add_argument("--sizes-kib", default="0,1024,4096,16384")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "state-sweep")
+    parser.add_argument(
+        "--downtime-limit-ms",
+        type=int,
+        default=60000,
+        help="QEMU's downtime-limit for every migration (0: QEMU's default, 300 ms). QEMU counts "
+        "the device's STOP_COPY size in what must fit into it: at the default a large state "
+        "over a slow link never converges, so the sweep raises it to measure the downtime the "
+        "state costs (default %(default)s)",
+    )
+    parser.add_argument("--timeout-s", type=float, default=600.0)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes_kib.split(",")]
-    rows = sweep(args.inventory, sizes, args.repeat)
+    policy = MigrationPolicy(timeout_s=args.timeout_s, downtime_limit_ms=args.downtime_limit_ms or None)
+    rows = sweep(args.inventory, sizes, args.repeat, policy)
     args.out.mkdir(parents=True, exist_ok=True)
     doc = {
         "method": "one guest migrated back and forth over the inventory's first pair and its "
         "reverse; before each migration mtty's stop_copy_pad_kib is set on both hosts; figures "
         "are QEMU's query-migrate on the source (downtime, vfio.transferred, total-time)",
+        "policy": policy.describe(),
         "sizes_kib": sizes,
         "migrations": rows,
     }

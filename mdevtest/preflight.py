@@ -75,6 +75,9 @@ def preflight_pair(testbed: Testbed, pair: HostPair, *, cross_version: bool = Fa
         checks.append(PreflightCheck(pair.source, "same QEMU version", same,
             ", ".join(f"{h} {v}" for h, v in versions.items())
             + ("" if same else "; mark the test cross_version to allow this")))  # fmt: skip
+    if pair.backend == "libvirt":
+        for host in reachable:
+            checks.append(_libvirt_check(testbed, host))
     vgpu = pair.vgpu
     if vgpu is None:
         return PreflightReport(pair.id, tuple(checks))
@@ -149,3 +152,19 @@ def _vf_checks(testbed: Testbed, pair: HostPair, host: str, checks: list[Preflig
         detail += f"; {wanted} wanted (vgpu.vfs): the PF offers {state.total_vfs}"
     checks.append(PreflightCheck(host, f"free VF on {vgpu.parent}", fits and free > 0, detail))
     return f"{state.vendor}:{state.device} rev {state.revision}"
+
+
+def _libvirt_check(testbed: Testbed, host: str) -> PreflightCheck:
+    """``backend: libvirt``: the host's libvirtd answers on its socket, with its versions."""
+    try:
+        link = testbed.libvirt(host)
+        conn = link.conn
+        lib = link.call(conn.getLibVersion, what="version")
+        hv = link.call(conn.getVersion, what="hypervisor version")
+    except MdevtestError as exc:
+        return PreflightCheck(host, "libvirtd", False, f"{exc}; is libvirtd running on the host?")
+    return PreflightCheck(host, "libvirtd", True, f"libvirt {_dotted(lib)}, QEMU {_dotted(hv)}")
+
+
+def _dotted(version: int) -> str:
+    return f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"

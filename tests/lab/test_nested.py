@@ -174,6 +174,31 @@ def test_the_basic_suite_migrates_the_mdev_through_libvirt_direct_and_peer_to_pe
             assert "mdevtest-" not in left.stdout, f"{host}: domains left: {left.stdout}"
 
 
+def test_the_state_sweep_sends_the_padded_stop_copy_state(nested: Inventory, tmp_path: Path) -> None:
+    """Issue 11's downtime-vs-device-state sweep, short: benchmarks/state_sweep.py deploys the
+    padded mtty through provisioning, migrates with 0 and 2048 KiB of STOP_COPY padding, and
+    rolls back; QEMU counted the padding in vfio.transferred, and the image's mtty is back."""
+    argv = [
+        sys.executable, "benchmarks/state_sweep.py", "--sizes-kib", "0,2048", "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "state-sweep.json").read_text())
+    rows = {r["pad_kib"]: r for r in doc["migrations"]}
+    assert [r["status"] for r in doc["migrations"]] == ["completed", "completed"], doc
+    assert rows[2048]["vfio_transferred_bytes"] - rows[0]["vfio_transferred_bytes"] >= 2048 * 1024
+    assert all(r["downtime_ms"] > 0 for r in rows.values())
+    assert (tmp_path / "state-sweep.png").stat().st_size > 0
+    with Testbed(nested) as testbed:  # the rollback put the image's module back
+        for host in ("host-a", "host-b"):
+            said = testbed.remote(host).run_shell(
+                "ls /sys/module/mtty/parameters/ 2>/dev/null", timeout=30
+            )
+            assert "stop_copy_pad_kib" not in said.stdout, f"{host}: the padded mtty is still loaded"
+
+
 def test_a_uefi_disk_guest_with_the_agent_migrates_with_every_probe_check(
     nested: Inventory, tmp_path: Path
 ) -> None:

@@ -150,3 +150,18 @@ def test_a_policy_becomes_libvirt_flags_or_is_refused() -> None:
     }
     with pytest.raises(MigrationError, match="switchover-ack"):
         libvirt_flags(MigrationPolicy.from_options(switchover_ack=True), p2p=False)
+
+
+def test_a_peer_uri_needs_the_libvirt_backend() -> None:
+    from pydantic import ValidationError
+
+    from mdevtest.inventory import HostPair
+
+    base = {"source": "a", "destination": "b", "migration_address": "10.0.0.2"}
+    with pytest.raises(ValidationError, match="libvirt_peer_uri applies to backend: libvirt"):
+        HostPair.model_validate({**base, "libvirt_peer_uri": "qemu+tcp://10.0.0.2/system"})
+    pair = HostPair.model_validate(
+        {**base, "backend": "libvirt", "libvirt_peer_uri": "qemu+tcp://10.0.0.2/system"}
+    )
+    assert pair.backend == "libvirt"
+    assert HostPair.model_validate(base).backend == "qemu"
