@@ -27,11 +27,12 @@ The :class:`MigrationResult` is immutable and says, for every figure, how it was
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mdevtest.errors import (
+    MachineError,
     MigrationBlocked,
     MigrationError,
     MigrationFailed,
@@ -456,36 +457,10 @@ class Migrator:
         )
 
     def _require_source_running(self) -> str:
-        """After a failed or cancelled migration the guest must run on the source again."""
-        deadline = time.monotonic() + 15
-        status = "unknown"
-        while time.monotonic() < deadline:
-            try:
-                status = self.source.status()
-            except QmpError as exc:
-                raise MigrationError(
-                    f"{self.source.label}: source unreachable after the migration stopped: {exc}"
-                ) from exc
-            if status == "running":
-                return "is running again"
-            time.sleep(0.2)
-        raise MigrationError(
-            f"{self.source.label}: guest did not resume on the source after the migration "
-            f"stopped (status {status})"
-        )
+        return require_running_again(self.source)
 
     def _wait_destination_running(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        status = "unknown"
-        while time.monotonic() < deadline:
-            status = self.destination.status()
-            if status == "running":
-                return
-            time.sleep(0.05)
-        raise MigrationError(
-            f"{self.destination.label}: destination is {status!r}, not running, "
-            f"{timeout:g} s after the migration completed"
-        )
+        wait_running(self.destination, timeout)
 
     def _make_result(
         self,
@@ -494,23 +469,78 @@ class Migrator:
         wall_ms: float,
         events: list[QmpEvent],
     ) -> MigrationResult:
-        ram = info.get("ram", {})
-        vfio = info.get("vfio")
-        return MigrationResult(
-            source=self.source.host.name,
-            destination=self.destination.host.name,
-            uri=self.uri,
-            status=str(info.get("status")),
-            total_time_ms=info.get("total-time"),
-            setup_time_ms=info.get("setup-time"),
-            downtime_ms=info.get("downtime"),
-            ram_transferred_bytes=ram.get("transferred"),
-            ram_total_bytes=ram.get("total"),
-            vfio_transferred_bytes=vfio.get("transferred") if isinstance(vfio, dict) else None,
-            passes=ram.get("dirty-sync-count"),
-            wall_time_ms=wall_ms,
-            error_desc=info.get("error-desc"),
-            final_stats=info,
-            events=tuple(events),
-            timeline=tuple(timeline),
-        )
+        return result_of(
+            self.source, self.destination, self.uri, info,
+            timeline=timeline, wall_ms=wall_ms, events=events,
+        )  # fmt: skip
+
+
+def require_running_again(source: RemoteMachine) -> str:
+    """After a failed or cancelled migration the guest must run on the source again."""
+    deadline = time.monotonic() + 15
+    status = "unknown"
+    while time.monotonic() < deadline:
+        try:
+            status = source.status()
+        except (QmpError, MachineError) as exc:
+            raise MigrationError(
+                f"{source.label}: source unreachable after the migration stopped: {exc}"
+            ) from exc
+        if status == "running":
+            return "is running again"
+        time.sleep(0.2)
+    raise MigrationError(
+        f"{source.label}: guest did not resume on the source after the migration "
+        f"stopped (status {status})"
+    )
+
+
+def wait_running(destination: RemoteMachine, timeout: float = 30.0) -> None:
+    """After a completed migration the guest must run on the destination."""
+    deadline = time.monotonic() + timeout
+    status = "unknown"
+    while time.monotonic() < deadline:
+        status = destination.status()
+        if status == "running":
+            return
+        time.sleep(0.05)
+    raise MigrationError(
+        f"{destination.label}: destination is {status!r}, not running, "
+        f"{timeout:g} s after the migration completed"
+    )
+
+
+def result_of(
+    source: RemoteMachine,
+    destination: RemoteMachine,
+    uri: str,
+    info: dict[str, Any],
+    *,
+    timeline: list[TimelinePoint],
+    wall_ms: float,
+    events: Sequence[QmpEvent],
+    methods: dict[str, str] | None = None,
+) -> MigrationResult:
+    """The result from a ``query-migrate``-shaped ``info`` (``methods``: how its figures were
+    measured, QEMU's :data:`METHODS` by default)."""
+    ram = info.get("ram", {})
+    vfio = info.get("vfio")
+    return MigrationResult(
+        source=source.host.name,
+        destination=destination.host.name,
+        uri=uri,
+        status=str(info.get("status")),
+        total_time_ms=info.get("total-time"),
+        setup_time_ms=info.get("setup-time"),
+        downtime_ms=info.get("downtime"),
+        ram_transferred_bytes=ram.get("transferred"),
+        ram_total_bytes=ram.get("total"),
+        vfio_transferred_bytes=vfio.get("transferred") if isinstance(vfio, dict) else None,
+        passes=ram.get("dirty-sync-count"),
+        wall_time_ms=wall_ms,
+        error_desc=info.get("error-desc"),
+        final_stats=info,
+        events=tuple(events),
+        timeline=tuple(timeline),
+        methods=dict(METHODS if methods is None else methods),
+    )

@@ -225,12 +225,6 @@ class LibvirtMachine(RemoteMachine):
         self._qmp = LibvirtMonitor(self.label, self.link, self.domain, timeout=timeout)
         return self._qmp
 
-    @property
-    def qmp(self) -> QmpSession:
-        if self._qmp is None:
-            raise MachineError(f"{self.label}: the domain does not run here (not started?)")
-        return self._qmp
-
     def status(self) -> str:
         """QEMU's run state; for a source libvirt ended after the migration completed (it does
         not keep a ``postmigrate`` QEMU around), ``postmigrate`` as QEMU's own events showed it

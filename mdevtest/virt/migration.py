@@ -48,6 +48,9 @@ from mdevtest.migration import (
     MigrationPolicy,
     MigrationResult,
     TimelinePoint,
+    require_running_again,
+    result_of,
+    wait_running,
 )
 from mdevtest.virt.connection import error_text, libvirt_module
 from mdevtest.virt.machine import LibvirtMachine
@@ -310,64 +313,21 @@ class LibvirtMigrator:
         return stats
 
     def _require_source_running(self) -> str:
-        deadline = time.monotonic() + 15
-        status = "unknown"
-        while time.monotonic() < deadline:
-            try:
-                status = self.source.status()
-            except MachineError as exc:
-                raise MigrationError(
-                    f"{self.source.label}: source unreachable after the migration stopped: {exc}"
-                ) from exc
-            except Exception as exc:  # QmpError: the domain is gone
-                raise MigrationError(
-                    f"{self.source.label}: source gone after the migration stopped: {exc}"
-                ) from exc
-            if status == "running":
-                return "is running again"
-            time.sleep(0.2)
-        raise MigrationError(
-            f"{self.source.label}: guest did not resume on the source after the migration "
-            f"stopped (status {status})"
-        )
+        return require_running_again(self.source)
 
-    def _wait_destination_running(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        status = "unknown"
-        while time.monotonic() < deadline:
-            status = self.destination.status()
-            if status == "running":
-                return
-            time.sleep(0.05)
-        raise MigrationError(
-            f"{self.destination.label}: destination is {status!r}, not running, "
-            f"{timeout:g} s after the migration completed"
-        )
+    def _wait_destination_running(self) -> None:
+        wait_running(self.destination)
 
     def _make_result(
         self, info: dict[str, Any], timeline: list[TimelinePoint], started: float, first_event: int
     ) -> MigrationResult:
-        ram = info.get("ram", {})
-        vfio = info.get("vfio")
-        return MigrationResult(
-            source=self.source.host.name,
-            destination=self.destination.host.name,
-            uri=self.uri,
-            status=str(info.get("status")),
-            total_time_ms=info.get("total-time"),
-            setup_time_ms=info.get("setup-time"),
-            downtime_ms=info.get("downtime"),
-            ram_transferred_bytes=ram.get("transferred"),
-            ram_total_bytes=ram.get("total"),
-            vfio_transferred_bytes=vfio.get("transferred") if isinstance(vfio, dict) else None,
-            passes=ram.get("dirty-sync-count"),
-            wall_time_ms=(time.monotonic() - started) * 1000,
-            error_desc=info.get("error-desc"),
-            final_stats={**info, "backend": "libvirt", "libvirt_mode": self.mode},
-            events=tuple(self.source.qmp.events[first_event:]) if self.source._qmp else (),
-            timeline=tuple(timeline),
-            methods=dict(LIBVIRT_METHODS),
-        )
+        events = self.source.qmp.events[first_event:] if self.source._qmp else []
+        info = {**info, "backend": "libvirt", "libvirt_mode": self.mode}
+        wall_ms = (time.monotonic() - started) * 1000
+        return result_of(
+            self.source, self.destination, self.uri, info,
+            timeline=timeline, wall_ms=wall_ms, events=events, methods=LIBVIRT_METHODS,
+        )  # fmt: skip
 
 
 def outcome_wait(outcome: Future[None], seconds: float) -> None:
